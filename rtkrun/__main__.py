@@ -1,0 +1,3 @@
+from rtkrun.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""Commands: thin functions that wire the layers together for one run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rtkrun.config import to_dict, validate
+from rtkrun.errors import RtkrunError
+
+# Keys that may change when a train run directory is reused (resume with more steps, a new
+# evaluation, another logger); everything else must match the run that is already there.
+RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.log_every", "trainer.ckpt_every", "trainer.ckpt_minutes",
+                     "evaluation", "logger", "device")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_resume_compatible(run, run_dir: Path) -> None:
+    """A train run directory that already holds a run accepts only the same experiment."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        return
+    try:
+        old = to_dict(validate(OmegaConf.load(saved)))
+    except RtkrunError:
+        raise RtkrunError(f"{run_dir} holds a run whose config no longer validates; use a new hydra.run.dir") from None
+    new = to_dict(run)
+    old_flat, new_flat = _flat(old), _flat(new)
+    changed = [k for k in sorted(set(old_flat) | set(new_flat))
+               if old_flat.get(k) != new_flat.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        k = changed[0]
+        raise RtkrunError(
+            f"{run_dir} already holds a run with {k}={old_flat.get(k)!r} (now {new_flat.get(k)!r}"
+            f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); "
+            "resume it with the same settings or choose a new hydra.run.dir"
+        )
+
+
+def preflight(cfg: DictConfig) -> Any:
+    """Everything that can fail before Hydra creates the run directory."""
+    run = validate(cfg)
+    hydra_cfg = cfg.get("hydra")
+    if hydra_cfg is not None and str(hydra_cfg.get("mode")) == "RunMode.RUN":
+        run_dir = Path(str(hydra_cfg.run.dir))
+        if run.command == "train":
+            check_resume_compatible(run, run_dir)
+        existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+        import os
+
+        if not os.access(existing, os.W_OK):
+            raise RtkrunError(f"output directory {run_dir} is not writable ({existing}); set hydra.run.dir=<writable path>")
+    return run
+
+
+def run_command(cfg: DictConfig, run_dir: Path) -> Any:
+    run = validate(cfg)
+    if run.command == "train":
+        from rtkrun.commands.train import train
+
+        return train(run, run_dir)
+    if run.command == "sample":
+        from rtkrun.commands.sample import sample
+
+        return sample(run, run_dir)
+    from rtkrun.commands.evaluate import evaluate
+
+    return evaluate(run, run_dir)

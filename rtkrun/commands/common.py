@@ -1,0 +1,131 @@
+"""Wiring shared by the commands: devices, building the pieces from a validated config,
+sampling in batches with per-sample seeds, scoring, and writing samples and metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import rtkrun
+from rtkrun import runs
+from rtkrun.data import DATASETS
+from rtkrun.diffusion.schedules import build_schedule
+from rtkrun.errors import RtkrunError
+from rtkrun.metrics import mog as mog_metrics
+from rtkrun.models import MODELS
+from rtkrun.samplers import SAMPLERS
+from rtkrun.seeding import SampleNoise
+
+log = logging.getLogger("rtkrun")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RtkrunError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def build_dataset(cfg):
+    return DATASETS[cfg.name][1].build(cfg)
+
+
+def build_model(cfg, dataset, schedule) -> torch.nn.Module:
+    return MODELS[cfg.name][1](cfg, dataset, schedule)
+
+
+def build_parts(run, seed: int):
+    """(dataset, schedule, model) for a validated run config; model init seeded by ``seed``."""
+    dataset = build_dataset(run.dataset)
+    schedule = build_schedule(run.schedule)
+    torch.manual_seed(seed)
+    model = build_model(run.model, dataset, schedule)
+    return dataset, schedule, model
+
+
+def sampler_settings(cfg) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "name"}
+
+
+def draw_samples(model, sampler_cfg, schedule, dataset_module, sample_shape, n: int, batch_size: int,
+                 seed: int, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size."""
+    fn = SAMPLERS[sampler_cfg.name][1]
+    settings = sampler_settings(sampler_cfg)
+    chunks, nfe, stats = [], 0, {}
+    start_time = time.time()
+    model.eval()
+    for start in range(0, n, batch_size):
+        noise = SampleNoise.for_range(seed, start, min(start + batch_size, n), device=device)
+        x_T = dataset_module.prior(noise, tuple(sample_shape))
+        result = fn(model, x_T, schedule, generator=noise, **settings)
+        chunks.append(result.x0.detach().cpu())
+        nfe, stats = result.nfe, result.stats
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.time() - start_time
+    return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats}
+
+
+def score(dataset, samples: torch.Tensor, evaluation) -> dict[str, float]:
+    """The dataset's metrics of ``samples`` (each with its true-vs-true baseline)."""
+    if dataset.cfg.name == "mog":
+        return mog_metrics.score_samples(
+            dataset.mixture, samples, seed=evaluation.seed, n_projections=evaluation.n_projections,
+            w2_max_n=evaluation.w2_max_n, mmd_max_n=evaluation.mmd_max_n,
+        )
+    raise RtkrunError(f"no metrics for dataset {dataset.cfg.name}")
+
+
+def save_samples(path: Path, samples: torch.Tensor, *, seed: int, dataset_cfg, sampler_cfg, nfe: int,
+                 dataset=None, title: str = "") -> None:
+    """``<path>.npz`` (samples, seed, configs) and ``<path>.png`` (scatter plot), atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(
+        buf, x0=samples.numpy(), seed=seed, nfe=nfe,
+        dataset_config=json.dumps(dataclasses.asdict(dataset_cfg)),
+        sampler_config=json.dumps(dataclasses.asdict(sampler_cfg)) if sampler_cfg is not None else "{}",
+    )
+    runs.atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+    if dataset is not None and hasattr(dataset, "mixture"):
+        png = path.with_suffix(".png")
+        tmp = png.with_name(f".{png.stem}.tmp.png")
+        DATASETS[dataset_cfg.name][1].plot_samples(samples, dataset.mixture, tmp, title=title)
+        tmp.replace(png)
+
+
+def provenance(seed: int) -> dict[str, Any]:
+    """Seeds, code version and package versions recorded with every metrics file."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(rtkrun.__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    versions = {}
+    for pkg in ("torch", "numpy", "hydra-core", "omegaconf", "scipy", "POT"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "seed": seed, "rtkrun/version": rtkrun.__version__, "rtkrun/git_commit": commit,
+        "python": platform.python_version(), **{f"versions/{k}": v for k, v in versions.items()},
+    }
+
+
+def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}

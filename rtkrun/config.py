@@ -1,0 +1,238 @@
+"""Strict configuration: every composed config is checked against typed schemas before any work.
+
+Hydra composes YAML; this module merges each config group into the dataclass schema its
+``name`` selects (small name registries, no ``_target_`` strings), so an unknown key, a value of
+the wrong type or a value out of range stops the run with one message naming the full key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rtkrun.data import DATASETS
+from rtkrun.diffusion.schedules import SCHEDULES
+from rtkrun.errors import ConfigError
+from rtkrun.models import MODEL_DATASETS, MODELS
+from rtkrun.samplers import SAMPLERS
+
+
+@dataclass
+class TrainerConfig:
+    objective: str = "dddm"  # eps | x0 | dddm
+    distance: str = "mse"  # mse | pseudo_huber (x0 and dddm objectives)
+    noise_weighting: str = "none"  # none (DDDM paper) | edm (α²/σ² + 1/s_d², Karras et al. 2022)
+    huber_c: float = 1e-4
+    null_estimate_prob: float = 0.5  # dddm: fraction of each batch trained with z = None
+    dddm_weight: str = "inverse_epoch"  # inverse_epoch (w = 1/(epoch+1), the paper) | data_only
+    max_steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.999
+    t_min: float = 1e-3  # training times t ~ U(t_min, 1)
+    discrete_steps: int = 0  # > 0: t on the grid {1/N, …, 1} (discrete-time training)
+    ckpt_every: int = 500  # steps
+    ckpt_minutes: float = 10.0  # also checkpoint on this wall-clock timer
+    log_every: int = 100
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
+
+    def __post_init__(self) -> None:
+        _choice(self, "objective", ("eps", "x0", "dddm"))
+        _choice(self, "distance", ("mse", "pseudo_huber"))
+        _choice(self, "noise_weighting", ("edm", "none"))
+        _choice(self, "dddm_weight", ("inverse_epoch", "data_only"))
+        for key in ("max_steps", "batch_size", "ckpt_every", "log_every"):
+            _at_least(self, key, 1)
+        for key in ("lr", "ckpt_minutes", "t_min"):
+            _positive(self, key)
+        for key in ("weight_decay", "grad_clip", "warmup_steps", "discrete_steps", "huber_c"):
+            _at_least(self, key, 0)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.null_estimate_prob <= 1.0:
+            raise ConfigError(f"null_estimate_prob must be in [0, 1], got {self.null_estimate_prob}")
+
+
+@dataclass
+class EvaluationConfig:
+    n_samples: int = 2000
+    batch_size: int = 2000
+    seed: int = 0
+    n_projections: int = 128
+    w2_max_n: int = 2000
+    mmd_max_n: int = 2000
+    samplers: dict[str, Any] = field(default_factory=dict)  # label -> sampler config
+
+    def __post_init__(self) -> None:
+        for key in ("n_samples", "batch_size", "n_projections", "w2_max_n", "mmd_max_n"):
+            _at_least(self, key, 1)
+
+
+@dataclass
+class ConsoleLoggerConfig:
+    name: str = "console"
+
+
+@dataclass
+class WandbLoggerConfig:
+    name: str = "wandb"
+    project: str = "rtkrun"
+    entity: str | None = None
+    mode: str | None = None  # None: wandb's own default (WANDB_MODE decides)
+    tags: list[str] = field(default_factory=list)
+
+
+LOGGERS = {"console": (ConsoleLoggerConfig, None), "wandb": (WandbLoggerConfig, None)}
+GROUPS: dict[str, dict[str, tuple[type, Any]]] = {
+    "dataset": DATASETS,
+    "model": MODELS,
+    "schedule": SCHEDULES,
+    "sampler": SAMPLERS,
+    "logger": LOGGERS,
+}
+
+
+@dataclass
+class TrainRun:
+    command: str
+    seed: int
+    device: str
+    dataset: Any
+    model: Any
+    schedule: Any
+    trainer: Any  # TrainerConfig
+    evaluation: Any  # EvaluationConfig
+    logger: Any
+
+
+@dataclass
+class SampleRun:
+    command: str
+    seed: int
+    device: str
+    dataset: Any
+    model: Any
+    schedule: Any
+    sampler: Any
+    logger: Any
+    evaluation: Any  # EvaluationConfig
+    ckpt: str | None = None
+    n_samples: int = 10_000
+    batch_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        _at_least(self, "n_samples", 1)
+        _at_least(self, "batch_size", 1)
+
+
+@dataclass
+class EvaluateRun:
+    command: str
+    seed: int
+    device: str
+    dataset: Any
+    logger: Any
+    evaluation: Any  # EvaluationConfig
+    samples: str = "???"
+
+
+COMMANDS = {"train": TrainRun, "sample": SampleRun, "evaluate": EvaluateRun}
+
+
+# -- range checks used by the schemas' __post_init__ ---------------------------------------------
+def _at_least(obj: Any, key: str, low: float) -> None:
+    if getattr(obj, key) < low:
+        raise ConfigError(f"{key} must be >= {low}, got {getattr(obj, key)}")
+
+
+def _positive(obj: Any, key: str) -> None:
+    if not getattr(obj, key) > 0:
+        raise ConfigError(f"{key} must be > 0, got {getattr(obj, key)}")
+
+
+def _choice(obj: Any, key: str, options: tuple[str, ...]) -> None:
+    if getattr(obj, key) not in options:
+        raise ConfigError(f"{key}={getattr(obj, key)!r} is unknown; choose one of {', '.join(options)}")
+
+
+# -- validation ----------------------------------------------------------------------------------
+def _typed(schema: type, node: Any, where: str) -> Any:
+    """Merge ``node`` into ``schema`` and instantiate it; errors name ``where.key``."""
+    prefix = f"{where}." if where else ""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+    except OmegaConfBaseException as e:
+        key = f"{prefix}{e.full_key}" if getattr(e, "full_key", None) else where or "config"
+        if "not in" in str(getattr(e, "msg", "")):
+            valid = ", ".join(f.name for f in fields(schema))
+            raise ConfigError(f"unknown config key '{key}'; valid keys here: {valid}") from None
+        if "Missing mandatory value" in str(getattr(e, "msg", "")):
+            raise ConfigError(f"'{key}' must be set on the command line, e.g. {key}=...") from None
+        raise ConfigError(f"bad value for '{key}': {getattr(e, 'msg', e)}") from None
+
+
+def typed_group(group: str, node: Any, where: str | None = None) -> Any:
+    """The schema instance for one config group node (selected by its ``name``)."""
+    where = where or group
+    registry = GROUPS[group]
+    name = node.get("name") if isinstance(node, (dict, DictConfig)) else None
+    if name not in registry:
+        raise ConfigError(f"{where}.name={name!r} is unknown; choose one of {', '.join(registry)}")
+    return _typed(registry[name][0], node, where)
+
+
+def validate(cfg: DictConfig | dict) -> Any:
+    """Typed, range-checked run config (a ``TrainRun``, ``SampleRun`` or ``EvaluateRun``)."""
+    if isinstance(cfg, DictConfig):
+        try:
+            task_keys = [k for k in cfg.keys() if k != "hydra"]
+            container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, task_keys), resolve=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot resolve config key '{getattr(e, 'full_key', '')}': {e.msg}") from None
+    else:
+        container = dict(cfg)
+    container.pop("hydra", None)
+    command = container.get("command")
+    if command not in COMMANDS:
+        raise ConfigError(f"command={command!r} is unknown; choose one of {', '.join(COMMANDS)}")
+    top = COMMANDS[command]
+    names = {f.name for f in fields(top)}
+    groups = {k: container[k] for k in GROUPS if k in container and k in names}
+    rest = {k: v for k, v in container.items() if k not in groups}
+    evaluation = rest.pop("evaluation", {})
+    trainer = rest.pop("trainer", None)
+    typed = {k: typed_group(k, v) for k, v in groups.items()}
+    typed_eval = _typed(EvaluationConfig, {**evaluation, "samplers": {}}, "evaluation")
+    typed_eval.samplers = {
+        label: typed_group("sampler", node, f"evaluation.samplers.{label}")
+        for label, node in (evaluation.get("samplers") or {}).items()
+    }
+    typed["evaluation"] = typed_eval
+    if trainer is not None:
+        typed["trainer"] = _typed(TrainerConfig, trainer, "trainer")
+    placeholders = {k: None for k in typed}
+    run = _typed(top, {**rest, **placeholders}, "")
+    for k, v in typed.items():
+        setattr(run, k, v)
+    if "model" in typed and "dataset" in typed:
+        fits = MODEL_DATASETS[typed["model"].name]
+        if typed["dataset"].name not in fits:
+            raise ConfigError(
+                f"model={typed['model'].name} does not fit dataset={typed['dataset'].name}; "
+                f"it serves {', '.join(sorted(fits))}"
+            )
+    return run
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A validated config as plain containers (for checkpoints and metrics files)."""
+    return OmegaConf.to_container(OmegaConf.structured(obj))

@@ -1,0 +1,1 @@
+"""Noise schedules, time grids, parametrisation conversions and training objectives."""

@@ -1,0 +1,131 @@
+"""Training losses for denoisers ``f(x_t, t, z=None) -> x0_hat``.
+
+* ``eps``: Ho et al. 2020's simple loss ‖ε_hat − ε‖², ε_hat converted from x0_hat.
+* ``x0``: ‖x0_hat − x0‖², weighted per noise level (``noise_weighting``).
+* ``dddm``: Zhang, Wang & Luo 2024 (REFERENCE.md §1.2). A persistent buffer holds one estimate
+  z_i per training example (global index i), initialised N(0, I) and read detached;
+  loss = w·d(x0_hat, x0) + (1 − w)·d(x0_hat, z_i) with w = 1/(epoch + 1); the buffer entry is
+  then overwritten by the detached x0_hat (the official code writes x0 there: a known bug). A
+  fraction ``null_estimate_prob`` of each batch gets z = None and only the data term, the
+  self-conditioning trick of Chen, Zhang & Hinton 2022, so the same network stays a plain
+  denoiser for every other sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rtkrun.diffusion.param import eps_from_x0, expand_like
+from rtkrun.diffusion.schedules import VPSchedule
+
+
+def distance(a: torch.Tensor, b: torch.Tensor, kind: str, huber_c: float) -> torch.Tensor:
+    """Per-sample distance, shape (B,). ``mse``: mean of squares; ``pseudo_huber``:
+    √(mean of squares + c²) − c (the per-coordinate-mean convention, so c does not scale with d)."""
+    mse = ((a - b) ** 2).flatten(1).mean(1)
+    if kind == "mse":
+        return mse
+    return torch.sqrt(mse + huber_c**2) - huber_c
+
+
+@dataclass
+class LossInputs:
+    x0: torch.Tensor
+    index: torch.Tensor  # global example indices, for the DDDM buffer
+    epoch: int
+
+
+class EstimateBuffer:
+    """DDDM's per-example estimates z_i, indexed by the global dataset index."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], generator: torch.Generator, device) -> None:
+        self.z = torch.randn(n, *shape, generator=generator).to(device)
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        return self.z[index]
+
+    def write(self, index: torch.Tensor, values: torch.Tensor) -> None:
+        self.z[index] = values.detach().to(self.z.dtype)
+
+
+class Objective:
+    def __init__(
+        self,
+        kind: str,
+        schedule: VPSchedule,
+        distance_kind: str = "mse",
+        huber_c: float = 1e-4,
+        t_min: float = 1e-3,
+        discrete_steps: int = 0,
+        null_estimate_prob: float = 0.5,
+        dddm_weight: str = "inverse_epoch",
+        buffer: EstimateBuffer | None = None,
+        noise_weighting: str = "edm",
+        data_std: float = 1.0,
+    ) -> None:
+        self.kind = kind
+        self.schedule = schedule
+        self.distance_kind = distance_kind
+        self.huber_c = huber_c
+        self.t_min = t_min
+        self.discrete_steps = discrete_steps
+        self.null_estimate_prob = null_estimate_prob
+        self.dddm_weight = dddm_weight
+        self.buffer = buffer
+        self.noise_weighting = noise_weighting
+        self.data_std = data_std
+
+    def weight(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight of the x0 distance. ``edm``: Karras et al. 2022 eq. 8 (λ(σ) = 1/c_out²)
+        in VP terms, α²/σ² + 1/s_d², the weight that gives every noise level unit-variance
+        targets; ``none``: plain x0 regression (the DDDM paper)."""
+        if self.noise_weighting == "edm":
+            return alpha**2 / sigma**2 + 1.0 / self.data_std**2
+        return torch.ones_like(alpha)
+
+    def sample_t(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
+        """t ~ U(t_min, 1), or uniform on an N-point grid {1/N, …, 1} when ``discrete_steps``."""
+        if self.discrete_steps:
+            k = torch.randint(1, self.discrete_steps + 1, (n,), generator=generator, device=device)
+            return k.double() / self.discrete_steps
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        return self.t_min + (1 - self.t_min) * u
+
+    def data_weight(self, epoch: int) -> float:
+        return 1.0 / (epoch + 1) if self.dddm_weight == "inverse_epoch" else 1.0
+
+    def __call__(self, model, batch: LossInputs, generator: torch.Generator) -> torch.Tensor:
+        x0 = batch.x0
+        n, device = x0.shape[0], x0.device
+        t64 = self.sample_t(n, generator, device)
+        alpha, sigma = self.schedule.alpha_sigma(t64)
+        alpha, sigma, t = alpha.to(x0.dtype), sigma.to(x0.dtype), t64.to(x0.dtype)
+        eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
+
+        weight = self.weight(alpha, sigma)
+        if self.kind == "dddm":
+            return self._dddm(model, x0, x_t, t, batch, generator, weight)
+        x0_hat = model(x_t, t, None)
+        if self.kind == "eps":
+            return ((eps_from_x0(x_t, x0_hat, alpha, sigma) - eps) ** 2).flatten(1).mean(1).mean()
+        return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c)).mean()
+
+    def _dddm(self, model, x0, x_t, t, batch: LossInputs, generator, weight: torch.Tensor) -> torch.Tensor:
+        z = self.buffer.read(batch.index)
+        use_estimate = torch.rand(x0.shape[0], generator=generator, device=x0.device) >= self.null_estimate_prob
+        # Null rows take the model's own z=None path rather than a faked zero estimate, so the
+        # batch is split into two calls.
+        x0_hat = torch.empty_like(x0)
+        if use_estimate.any():
+            x0_hat[use_estimate] = model(x_t[use_estimate], t[use_estimate], z[use_estimate])
+        if (~use_estimate).any():
+            x0_hat[~use_estimate] = model(x_t[~use_estimate], t[~use_estimate], None)
+        w = self.data_weight(batch.epoch)
+        data_term = distance(x0_hat, x0, self.distance_kind, self.huber_c)
+        estimate_term = distance(x0_hat, z, self.distance_kind, self.huber_c)
+        loss = torch.where(use_estimate, w * data_term + (1 - w) * estimate_term, data_term)
+        self.buffer.write(batch.index[use_estimate], x0_hat[use_estimate])
+        return (weight * loss).mean()

@@ -1,0 +1,13 @@
+"""The one exception type rtkrun raises for problems a user can fix.
+
+The CLI prints such an error as a single line (problem and fix) and exits non-zero; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class RtkrunError(Exception):
+    """A user-facing error: the message names the problem and how to fix it."""
+
+
+class ConfigError(RtkrunError):
+    """The composed configuration is invalid (unknown key, wrong type, value out of range)."""

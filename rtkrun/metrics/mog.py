@@ -1,0 +1,149 @@
+"""Metrics of samples against a known Gaussian mixture (REFERENCE.md §2).
+
+Every distance is reported next to the same distance between two independent exact sample
+sets of the same size (``baseline/…``): at finite n no distance is zero, and a sampler is as
+good as it can be shown to be once it reaches the baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import chi2
+
+from rtkrun.data.mog import GaussianMixture
+
+
+def projection_directions(mixture: GaussianMixture, n_random: int, generator: torch.Generator) -> torch.Tensor:
+    """Unit directions: ``n_random`` uniform ones plus an orthonormal basis of the span of the
+    centred means (the directions along which mode errors show)."""
+    d = mixture.dim
+    rand = torch.randn(n_random, d, generator=generator, dtype=torch.float64)
+    rand = rand / rand.norm(dim=1, keepdim=True)
+    centred = mixture.means.detach().double().cpu()
+    centred = centred - centred.mean(0) if centred.shape[0] > 1 else centred
+    if centred.norm() > 0:
+        u, s, _ = torch.linalg.svd(centred.T, full_matrices=False)
+        span = u[:, s > 1e-9 * s.max()].T
+        rand = torch.cat([rand, span])
+    return rand
+
+
+def sliced_w2(x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor) -> float:
+    """√(mean over directions of W2² of the 1-D projections); sorted-sample W2 (equal n)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"sliced_w2 needs equal sample counts, got {x.shape[0]} and {y.shape[0]}")
+    px = torch.sort(x.double() @ directions.T, dim=0).values
+    py = torch.sort(y.double() @ directions.T, dim=0).values
+    return math.sqrt(((px - py) ** 2).mean().item())
+
+
+def exact_w2(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Exact W2 between two empirical measures by linear programming (POT)."""
+    import ot
+
+    a = np.full(x.shape[0], 1.0 / x.shape[0])
+    b = np.full(y.shape[0], 1.0 / y.shape[0])
+    cost = ot.dist(x.double().numpy(), y.double().numpy(), metric="sqeuclidean")
+    return math.sqrt(max(ot.emd2(a, b, cost, numItermax=10_000_000), 0.0))
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
+    """Unbiased MMD² with a Gaussian kernel exp(−‖u − v‖²/(2h²))."""
+    x, y = x.double(), y.double()
+
+    def mean_kernel(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
+        k = torch.exp(-torch.cdist(a, b) ** 2 / (2 * bandwidth**2))
+        if same:
+            n = a.shape[0]
+            return ((k.sum() - k.diagonal().sum()) / (n * (n - 1))).item()
+        return k.mean().item()
+
+    return mean_kernel(x, x, True) + mean_kernel(y, y, True) - 2 * mean_kernel(x, y, False)
+
+
+def nearest_component(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+    return mixture.responsibilities(x.double()).argmax(dim=1)
+
+
+def mode_weight_tv(mixture: GaussianMixture, x: torch.Tensor) -> float:
+    """½ Σ_k |ŵ_k − w_k|, ŵ the fraction of samples whose most likely component is k."""
+    k = mixture.means.shape[0]
+    counts = torch.bincount(nearest_component(mixture, x), minlength=k).double()
+    return 0.5 * (counts / x.shape[0] - mixture.weights).abs().sum().item()
+
+
+def off_mode_fraction(mixture: GaussianMixture, x: torch.Tensor, quantile: float = 0.999) -> float:
+    """Fraction of samples farther than the χ²_d ``quantile`` from every component (true: 1 − q)."""
+    if mixture.std == 0:
+        return float("nan")
+    d2 = torch.cdist(x.double(), mixture.means.detach().double().cpu()) ** 2 / mixture.std**2
+    return (d2.min(dim=1).values > chi2.ppf(quantile, mixture.dim)).double().mean().item()
+
+
+def cross_entropy(mixture: GaussianMixture, x: torch.Tensor) -> float:
+    """−mean log p_0(x) under the true mixture (nats)."""
+    return -mixture.log_prob(x.double()).mean().item()
+
+
+def mean_recovery(mu_learned: torch.Tensor, mu_true: torch.Tensor, symmetric: bool) -> dict[str, float]:
+    """Angle (degrees) and distance between learned and true means. Symmetric K = 2: μ vs ±μ*;
+    otherwise components are matched by the Hungarian assignment on distances."""
+    mu_learned, mu_true = mu_learned.detach().double().cpu(), mu_true.detach().double().cpu()
+    if symmetric:
+        m, s = mu_learned[0], mu_true[0]
+        cos = (m @ s).abs() / (m.norm() * s.norm()).clamp_min(1e-300)
+        dist = min((m - s).norm(), (m + s).norm())
+        return {"angle_deg": math.degrees(math.acos(min(cos.item(), 1.0))), "distance": dist.item()}
+    cost = torch.cdist(mu_learned, mu_true).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    a, b = mu_learned[rows], mu_true[cols]
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+    angles = torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))
+    return {"angle_deg": angles.max().item(), "distance": (a - b).norm(dim=1).max().item()}
+
+
+def score_samples(
+    mixture: GaussianMixture,
+    samples: torch.Tensor,
+    seed: int = 0,
+    n_projections: int = 128,
+    w2_max_n: int = 2000,
+    mmd_max_n: int = 2000,
+) -> dict[str, float]:
+    """All MoG metrics of ``samples`` and their true-vs-true baselines at the same n.
+
+    Non-finite samples are counted (``nonfinite``) and the metrics are NaN when any exists:
+    a diverged sample is never averaged away.
+    """
+    x = samples.detach().double().cpu().reshape(samples.shape[0], -1)
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    reference = mixture.sample(n, gen)
+    independent = mixture.sample(n, gen)
+    directions = projection_directions(mixture, n_projections, gen)
+    n_w2, n_mmd = min(n, w2_max_n), min(n, mmd_max_n)
+    pairwise = torch.pdist(reference[: min(n, 1000)])
+    bandwidth = pairwise.median().item() if pairwise.numel() else 1.0
+
+    def distances(a: torch.Tensor) -> dict[str, float]:
+        return {
+            "sliced_w2": sliced_w2(a, reference, directions),
+            "w2": exact_w2(a[:n_w2], reference[:n_w2]),
+            "mmd": mmd(a[:n_mmd], reference[:n_mmd], bandwidth),
+            "mode_tv": mode_weight_tv(mixture, a),
+            "off_mode": off_mode_fraction(mixture, a),
+            "cross_entropy": cross_entropy(mixture, a),
+        }
+
+    nonfinite = int((~torch.isfinite(x)).any(dim=1).sum())
+    out: dict[str, float] = {"n": n, "nonfinite": nonfinite}
+    if nonfinite:
+        out.update({k: float("nan") for k in distances(independent)})
+    else:
+        out.update(distances(x))
+    out.update({f"baseline/{k}": v for k, v in distances(independent).items()})
+    return out

@@ -1,0 +1,17 @@
+"""Denoisers: ``forward(x_t, t, z=None) -> x0_hat``. ``MODELS`` maps a config name to
+(schema, builder(cfg, dataset, schedule))."""
+
+from rtkrun.models import mlp, oracle, student
+
+MODELS = {
+    "mog_mlp": (mlp.MogMLPConfig, mlp.build),
+    "mog_oracle": (oracle.MogOracleConfig, oracle.build),
+    "mog_student": (student.MogStudentConfig, student.build),
+}
+
+# Which datasets each model can serve (checked before any work starts).
+MODEL_DATASETS = {"mog_mlp": {"mog"}, "mog_oracle": {"mog"}, "mog_student": {"mog"}}
+
+
+def needs_training(model) -> bool:
+    return getattr(model, "needs_training", True)

@@ -1,0 +1,78 @@
+"""``mog_mlp``: a SiLU MLP denoiser for low-dimensional data with a DDDM output head.
+
+f_θ(z, x_t, t) = x_t − F_θ(z, x_t, t) (Zhang et al. 2024, §3). The estimate z enters by
+concatenation together with a has-estimate flag, so ``z=None`` (the null estimate of the
+self-conditioning trick) is distinguishable from an estimate that happens to be zero. SiLU
+rather than ReLU: the diagnostics need non-zero second derivatives (REFERENCE.md §1.4).
+Inputs are preconditioned as in EDM (Karras et al. 2022, Table 1): x_t and z are divided by
+their standard deviations (√(α²s_d² + σ²) and s_d), and the network sees the noise level as
+log-SNR λ(t) rather than t, which resolves the small-noise end where samples get their detail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rtkrun.diffusion.schedules import LOG_SNR_LIMIT, VPSchedule
+from rtkrun.errors import ConfigError
+
+
+@dataclass
+class MogMLPConfig:
+    name: str = "mog_mlp"
+    hidden: int = 128
+    depth: int = 3
+    time_features: int = 16
+
+    def __post_init__(self) -> None:
+        for key in ("hidden", "depth", "time_features"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+
+class NoiseLevelFeatures(nn.Module):
+    """Fixed sinusoidal features of u = λ/LOG_SNR_LIMIT ∈ [−1, 1] at geometric frequencies."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        half = max(n_features // 2, 1)
+        self.register_buffer("freqs", math.pi * torch.logspace(-1, 3, half, base=2.0))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        angles = u[:, None] * self.freqs[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class MogMLP(nn.Module):
+    def __init__(self, cfg: MogMLPConfig, dim: int, schedule: VPSchedule, data_std: float) -> None:
+        super().__init__()
+        self.dim = dim
+        self.schedule = schedule
+        self.data_std = float(data_std)
+        self.time = NoiseLevelFeatures(cfg.time_features)
+        width_in = 2 * dim + 1 + 2 * max(cfg.time_features // 2, 1)
+        layers: list[nn.Module] = []
+        for i in range(cfg.depth):
+            layers += [nn.Linear(width_in if i == 0 else cfg.hidden, cfg.hidden), nn.SiLU()]
+        layers.append(nn.Linear(cfg.hidden, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None:
+            z, flag = torch.zeros_like(x_t), x_t.new_zeros(x_t.shape[0], 1)
+        else:
+            flag = x_t.new_ones(x_t.shape[0], 1)
+        t = t.to(x_t.dtype).expand(x_t.shape[0]) if t.ndim == 0 else t.to(x_t.dtype)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        c_in = torch.rsqrt(alpha**2 * self.data_std**2 + sigma**2)[:, None]
+        u = self.schedule.log_snr(t) / LOG_SNR_LIMIT
+        features = torch.cat([c_in * x_t, z / self.data_std, flag, self.time(u)], dim=-1)
+        return x_t - self.net(features)
+
+
+def build(cfg: MogMLPConfig, dataset, schedule: VPSchedule) -> MogMLP:
+    return MogMLP(cfg, dim=dataset.sample_shape[0], schedule=schedule, data_std=dataset.data_std)

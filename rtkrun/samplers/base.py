@@ -1,0 +1,47 @@
+"""The one interface every sampler shares (the k-diffusion habit):
+
+    sampler(denoiser, x_T, schedule, *, generator, callback=None, **settings) -> SampleResult
+
+``denoiser(x_t, t, z=None) -> x0_hat`` is any model; ``generator`` is a
+:class:`rtkrun.seeding.SampleNoise` (one stream per sample); ``callback(info)`` is called after
+every network evaluation with at least ``step``, ``t``, ``x``, ``x0_hat`` and ``nfe``.
+NFE is counted by wrapping the denoiser, never computed by formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SampleResult:
+    x0: torch.Tensor
+    nfe: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class CountingDenoiser:
+    """Wraps a denoiser; every call is one network evaluation for the whole batch."""
+
+    def __init__(self, denoiser: Callable[..., torch.Tensor]) -> None:
+        self.denoiser = denoiser
+        self.nfe = 0
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        self.nfe += 1
+        t = t.to(device=x_t.device, dtype=x_t.dtype).expand(x_t.shape[0]) if t.ndim == 0 else t
+        return self.denoiser(x_t, t, z)
+
+    def __getattr__(self, name: str) -> Any:  # log_prob, score, … of the wrapped model
+        return getattr(self.denoiser, name)
+
+
+def report(callback: Callback | None, **info: Any) -> None:
+    if callback is not None:
+        callback(info)

@@ -1,0 +1,194 @@
+"""The training loop: AdamW with warm-up, gradient clipping, EMA, periodic and timed atomic
+checkpoints, exact resume, and a NaN guard.
+
+Resume is exact by construction: the data order of step s is a pure function of (seed, epoch)
+and the noise generator's state, the optimizer, the EMA, the DDDM buffer and every RNG state are
+in ``checkpoints/last.pt``; so on the CPU with ``trainer.deterministic=true`` an interrupted and
+resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rtkrun import runs
+from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective
+from rtkrun.errors import RtkrunError
+from rtkrun.seeding import sample_seed
+
+log = logging.getLogger("rtkrun.train")
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The permutation of example indices for one epoch (independent of resume)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(seed, 1_000_000 + epoch)))
+
+
+def get_batch(dataset, indices: torch.Tensor) -> torch.Tensor:
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(indices)
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def _rng_states() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+class Trainer:
+    def __init__(self, run, model: torch.nn.Module, dataset, schedule, run_dir: Path, device: torch.device,
+                 config_dict: dict[str, Any], tracker) -> None:
+        self.cfg = run.trainer
+        self.seed = run.seed
+        self.model = model
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.dataset = dataset
+        self.device = device
+        self.run_dir = run_dir
+        self.ckpt_path = runs.checkpoint_path(run_dir)
+        self.config_dict = config_dict
+        self.tracker = tracker
+        tc = self.cfg
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.generator = torch.Generator(device=device).manual_seed(sample_seed(run.seed, 2_000_000))
+        buffer = None
+        if tc.objective == "dddm":
+            gen = torch.Generator().manual_seed(sample_seed(run.seed, 3_000_000))
+            buffer = EstimateBuffer(len(dataset), tuple(dataset.sample_shape), gen, device)
+        self.objective = Objective(
+            tc.objective, schedule, distance_kind=tc.distance, huber_c=tc.huber_c, t_min=tc.t_min,
+            discrete_steps=tc.discrete_steps, null_estimate_prob=tc.null_estimate_prob,
+            dddm_weight=tc.dddm_weight, buffer=buffer, noise_weighting=tc.noise_weighting,
+            data_std=getattr(dataset, "data_std", 1.0),
+        )
+        self.step = 0
+        self.batch_size = min(tc.batch_size, len(dataset))
+        self.steps_per_epoch = max(len(dataset) // self.batch_size, 1)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "buffer": None if self.objective.buffer is None else self.objective.buffer.z.cpu(),
+            "rng": _rng_states(),
+            "config": self.config_dict,
+            "model_name": self.config_dict["model"]["name"],
+        }
+
+    def save(self) -> None:
+        runs.save_checkpoint(self.ckpt_path, self.state())
+
+    def load(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+        except RuntimeError as e:
+            raise RtkrunError(
+                f"checkpoint {self.ckpt_path} holds a different model ({str(e).splitlines()[0]}); "
+                "use a new hydra.run.dir for a new model"
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        if self.objective.buffer is not None:
+            if state["buffer"] is None:
+                raise RtkrunError(f"checkpoint {self.ckpt_path} has no DDDM buffer; it was trained with another objective")
+            self.objective.buffer.z.copy_(state["buffer"])
+        _set_rng_states(state["rng"])
+        self.step = int(state["step"])
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        tc = self.cfg
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if self.ckpt_path.exists():
+            self.load(runs.load_checkpoint(self.ckpt_path, map_location=self.device))
+            runs.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+            log.info("resumed from %s at step %d", self.ckpt_path, self.step)
+        if self.step >= tc.max_steps:
+            log.info("training already finished (step %d of %d)", self.step, tc.max_steps)
+            return {"train/steps": self.step}
+
+        self.model.train()
+        start_step, start_time, last_ckpt = self.step, time.time(), time.time()
+        loss_sum, loss_count, last_loss = torch.zeros((), device=self.device), 0, float("nan")
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=None, desc="train", dynamic_ncols=True)
+        order_epoch, order = -1, None
+        while self.step < tc.max_steps:
+            epoch, position = divmod(self.step, self.steps_per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(self.seed, epoch, len(self.dataset))
+            index = order[position * self.batch_size : (position + 1) * self.batch_size]
+            x0 = get_batch(self.dataset, index).to(self.device, non_blocking=True)
+            lr = tc.lr * min(1.0, (self.step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+            loss = self.objective(self.model, LossInputs(x0, index.to(self.device), epoch), self.generator)
+            if not torch.isfinite(loss):
+                bar.close()
+                kept = f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists() else "no checkpoint was written"
+                raise RtkrunError(
+                    f"loss is {loss.item()} at step {self.step + 1}: training stopped and {kept}; "
+                    "lower trainer.lr, raise trainer.warmup_steps or set trainer.grad_clip"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            update_ema(self.ema, self.model, min(tc.ema_decay, (1 + self.step) / (10 + self.step)))
+            loss_sum += loss.detach()
+            loss_count += 1
+            bar.update(1)
+
+            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                last_loss = (loss_sum / loss_count).item()
+                rate = (self.step - start_step) / max(time.time() - start_time, 1e-9)
+                record = {"step": self.step, "loss": last_loss, "lr": lr, "steps_per_s": rate, "epoch": epoch}
+                runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
+                self.tracker.log(record)
+                bar.set_postfix(loss=f"{last_loss:.4g}")
+                if bar.disable:
+                    log.info("step %d/%d  loss %.5g  lr %.2e  %.0f steps/s", self.step, tc.max_steps, last_loss, lr, rate)
+                loss_sum, loss_count = torch.zeros((), device=self.device), 0
+            timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
+            if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed:
+                self.save()
+                last_ckpt = time.time()
+        bar.close()
+        seconds = time.time() - start_time
+        log.info("trained %d steps in %.1f s; checkpoint %s", self.step - start_step, seconds, self.ckpt_path)
+        return {"train/steps": self.step, "train/final_loss": last_loss, "train/seconds_this_session": seconds}

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from rtkrun.cli import CONF_DIR
+
+RTKRUN = str(Path(sys.executable).parent / "rtkrun")  # the installed console script
+
+
+def compose_cfg(command: str, overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(command, overrides=overrides or [])
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([RTKRUN, *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(2)
+    yield
