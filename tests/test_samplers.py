@@ -31,12 +31,17 @@ def oracle_samples(sampler, cfg, n, schedule, seed=0, **settings):
     "sampler,settings", [(ddpm, {"steps": 1000}), (ddim, {"steps": 100})], ids=["ddpm1000", "ddim100"]
 )
 def test_oracle_sampling_reaches_true_vs_true_baseline(dim, sampler, settings):
-    mixture, result = oracle_samples(sampler, MIXTURES[dim], 10_000, CosineSchedule(), **settings)
-    scores = score_samples(mixture, result.x0, seed=1, w2_max_n=1000, mmd_max_n=1000)
-    assert result.nfe == settings["steps"]
-    assert scores["nonfinite"] == 0
-    assert scores["sliced_w2"] <= 1.5 * scores["baseline/sliced_w2"], scores
-    assert scores["mode_tv"] <= max(1.5 * scores["baseline/mode_tv"], 0.01), scores
+    # Sliced W2 at n = 10⁴ fluctuates by ±30 % between draws, so two noise seeds are averaged
+    # and compared with a baseline averaged over five exact draws.
+    runs = []
+    for seed in (0, 1):
+        mixture, result = oracle_samples(sampler, MIXTURES[dim], 10_000, CosineSchedule(), seed=seed, **settings)
+        assert result.nfe == settings["steps"]
+        runs.append(score_samples(mixture, result.x0, seed=7, w2_max_n=500, mmd_max_n=500))
+    mean = {k: sum(r[k] for r in runs) / 2 for k in ("sliced_w2", "mode_tv", "baseline/sliced_w2", "baseline/mode_tv")}
+    assert all(r["nonfinite"] == 0 for r in runs)
+    assert mean["sliced_w2"] <= 1.5 * mean["baseline/sliced_w2"], runs
+    assert mean["mode_tv"] <= 1.5 * mean["baseline/mode_tv"], runs
 
 
 def test_ddim_one_step_is_exact_for_a_point_mass_and_shrinks_a_gaussian_by_the_closed_form():
@@ -51,13 +56,13 @@ def test_ddim_one_step_is_exact_for_a_point_mass_and_shrinks_a_gaussian_by_the_c
     # (derived): one-step DDIM is exact only in the point-mass limit s → 0.
     s = 1.0
     gauss = MogOracle(GaussianMixture(mu, s), schedule)
-    noise = SampleNoise.for_range(0, 0, 200_000, dtype=torch.float64)
+    noise = SampleNoise.for_range(0, 0, 100_000, dtype=torch.float64)
     t_max = 0.5
     a, sig = (v.item() for v in schedule.alpha_sigma(torch.tensor(t_max, dtype=torch.float64)))
     x_T = a * mu + (a**2 * s**2 + sig**2) ** 0.5 * noise.randn(2)  # exact x_T at t_max
     out = ddim(gauss, x_T, schedule, generator=noise, steps=1, t_max=t_max).x0
     expected_var = a**2 * s**4 / (a**2 * s**2 + sig**2)
-    assert out.var(0).mean().item() == pytest.approx(expected_var, rel=0.01)
+    assert out.var(0).mean().item() == pytest.approx(expected_var, rel=0.015)
     many = ddim(gauss, x_T, schedule, generator=noise, steps=200, t_max=t_max).x0
     assert many.var(0).mean().item() == pytest.approx(s**2, rel=0.02)
 
