@@ -28,16 +28,35 @@ COMMANDS = {
     "evaluate": "score saved samples (samples=...)",
 }
 log = logging.getLogger("rtkrun")
+HYDRA_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--shell-completion",
+    "-sc",
+    "--info",
+    "-i",
+}
 
-USAGE = "usage: rtkrun <command> [overrides] [-m] [--cfg job] [--help]\n\ncommands:\n" + "".join(
-    f"  {name:<10}{text}\n" for name, text in COMMANDS.items()
-) + (
-    "\nexamples:\n"
-    "  rtkrun train                                   # the default experiment\n"
-    "  rtkrun train dataset.dim=16 trainer.max_steps=4000\n"
-    "  rtkrun sample model=mog_oracle sampler=ddim sampler.steps=100\n"
-    "  rtkrun sample -m ckpt=outputs/train/RUN sampler.steps=5,10,20\n"
-    "\n`rtkrun <command> --help` lists that command's config groups and keys.\n"
+USAGE = (
+    "usage: rtkrun <command> [overrides] [-m] [--cfg job] [--help]\n\ncommands:\n"
+    + "".join(f"  {name:<10}{text}\n" for name, text in COMMANDS.items())
+    + (
+        "\nexamples:\n"
+        "  rtkrun train                                   # the default experiment\n"
+        "  rtkrun train dataset.dim=16 trainer.max_steps=4000\n"
+        "  rtkrun sample model=mog_oracle sampler=ddim sampler.steps=100\n"
+        "  rtkrun sample -m ckpt=outputs/train/RUN sampler.steps=5,10,20\n"
+        "\n`rtkrun <command> --help` lists that command's config groups and keys.\n"
+    )
 )
 
 
@@ -73,10 +92,67 @@ def hydra_entry(cfg: DictConfig) -> Any:
     try:
         return run_command(cfg, Path(HydraConfig.get().runtime.output_dir))
     except RtkrunError as e:
-        log.error("%s", e)
-        if HydraConfig.get().mode == RunMode.RUN:
-            sys.exit(2)
-        raise  # a sweep records the failed job and goes on with the others
+        if HydraConfig.get().mode != RunMode.RUN:
+            log.error("%s", e)
+            raise  # a sweep records the failed job and goes on with the others
+        # A single run: the job log keeps the error, the terminal gets the one stderr line.
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, str(e), None, None)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        fail(str(e))
+
+
+def check_overrides(command: str, overrides: list[str]) -> None:
+    """Name an unknown key or group option in one line before Hydra composes (Hydra's own
+    messages for these span several lines). Sweeps over groups are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    plain, skip_next = [], False
+    for arg in overrides:
+        if skip_next:
+            skip_next = False
+        elif arg.startswith("-"):
+            skip_next = arg in HYDRA_FLAGS_WITH_VALUE
+        else:
+            plain.append(arg)
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+    except HydraException as e:
+        fail(f"cannot parse overrides: {str(e).strip().splitlines()[0]}")
+    conf = Path(CONF_DIR)
+    groups, keys = [], []
+    for o in parsed:
+        name = o.key_or_group
+        if name.startswith("hydra") or o.is_add() or o.is_force_add() or o.is_delete():
+            continue
+        if (conf / name).is_dir():
+            if o.is_sweep_override():
+                return
+            option = o.value()
+            if not (conf / name / f"{option}.yaml").is_file():
+                options = sorted(p.stem for p in (conf / name).glob("*.yaml"))
+                fail(f"{name}={option} does not exist; choose one of: {', '.join(options)}")
+            groups.append(o.input_line)
+        else:
+            keys.append(name)
+    if not keys:
+        return
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(command, overrides=groups)
+    except HydraException as e:
+        fail(str(e).strip().splitlines()[0])
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is None or not hasattr(node, "keys") or leaf not in node.keys():
+            valid = ", ".join(str(k) for k in node.keys()) if node is not None and hasattr(node, "keys") else ""
+            hint = f"; valid keys under {parent or 'the top level'}: {valid}" if valid else ""
+            fail(f"unknown config key '{key}'{hint} (to add a new key on purpose use +{key}=...)")
 
 
 def _rewrite_completion_line(env: dict[str, str]) -> str | None:
@@ -111,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see rtkrun --help)")
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in rest):
+        check_overrides(command, rest)
     sys.argv = [program, f"--config-name={command}", *rest]
     hydra_entry()
 

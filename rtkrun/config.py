@@ -177,7 +177,8 @@ def _typed(schema: type, node: Any, where: str) -> Any:
             raise ConfigError(f"unknown config key '{key}'; valid keys here: {valid}") from None
         if "Missing mandatory value" in str(getattr(e, "msg", "")):
             raise ConfigError(f"'{key}' must be set on the command line, e.g. {key}=...") from None
-        raise ConfigError(f"bad value for '{key}': {getattr(e, 'msg', e)}") from None
+        first_line = str(getattr(e, "msg", e)).strip().splitlines()[0]
+        raise ConfigError(f"bad value for '{key}': {first_line}") from None
 
 
 def typed_group(group: str, node: Any, where: str | None = None) -> Any:

@@ -29,8 +29,14 @@ class WandbTracker(NullTracker):
             raise RtkrunError("logger=wandb needs the wandb package: pip install 'rtkrun[wandb]'") from e
         kwargs = {"mode": cfg.mode} if cfg.mode else {}
         self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, tags=list(cfg.tags), dir=str(run_dir),
-            name=run_dir.name, config=config, resume="allow", **kwargs,
+            project=cfg.project,
+            entity=cfg.entity,
+            tags=list(cfg.tags),
+            dir=str(run_dir),
+            name=run_dir.name,
+            config=config,
+            resume="allow",
+            **kwargs,
         )
 
     def log(self, record: dict[str, Any]) -> None:

@@ -48,7 +48,11 @@ class SampleNoise:
 
     @classmethod
     def for_range(
-        cls, seed: int, start: int, stop: int, device: torch.device | str = "cpu",
+        cls,
+        seed: int,
+        start: int,
+        stop: int,
+        device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> SampleNoise:
         return cls(seed, range(start, stop), device=device, dtype=dtype)

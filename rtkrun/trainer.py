@@ -63,8 +63,17 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, run, model: torch.nn.Module, dataset, schedule, run_dir: Path, device: torch.device,
-                 config_dict: dict[str, Any], tracker) -> None:
+    def __init__(
+        self,
+        run,
+        model: torch.nn.Module,
+        dataset,
+        schedule,
+        run_dir: Path,
+        device: torch.device,
+        config_dict: dict[str, Any],
+        tracker,
+    ) -> None:
         self.cfg = run.trainer
         self.seed = run.seed
         self.model = model
@@ -83,9 +92,16 @@ class Trainer:
             gen = torch.Generator().manual_seed(sample_seed(run.seed, 3_000_000))
             buffer = EstimateBuffer(len(dataset), tuple(dataset.sample_shape), gen, device)
         self.objective = Objective(
-            tc.objective, schedule, distance_kind=tc.distance, huber_c=tc.huber_c, t_min=tc.t_min,
-            discrete_steps=tc.discrete_steps, null_estimate_prob=tc.null_estimate_prob,
-            dddm_weight=tc.dddm_weight, buffer=buffer, noise_weighting=tc.noise_weighting,
+            tc.objective,
+            schedule,
+            distance_kind=tc.distance,
+            huber_c=tc.huber_c,
+            t_min=tc.t_min,
+            discrete_steps=tc.discrete_steps,
+            null_estimate_prob=tc.null_estimate_prob,
+            dddm_weight=tc.dddm_weight,
+            buffer=buffer,
+            noise_weighting=tc.noise_weighting,
             data_std=getattr(dataset, "data_std", 1.0),
         )
         self.step = 0
@@ -122,7 +138,9 @@ class Trainer:
         self.generator.set_state(state["generator"])
         if self.objective.buffer is not None:
             if state["buffer"] is None:
-                raise RtkrunError(f"checkpoint {self.ckpt_path} has no DDDM buffer; it was trained with another objective")
+                raise RtkrunError(
+                    f"checkpoint {self.ckpt_path} has no DDDM buffer; it was trained with another objective"
+                )
             self.objective.buffer.z.copy_(state["buffer"])
         _set_rng_states(state["rng"])
         self.step = int(state["step"])
@@ -158,7 +176,11 @@ class Trainer:
             loss = self.objective(self.model, LossInputs(x0, index.to(self.device), epoch), self.generator)
             if not torch.isfinite(loss):
                 bar.close()
-                kept = f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists() else "no checkpoint was written"
+                kept = (
+                    f"the last good checkpoint {self.ckpt_path} is kept"
+                    if self.ckpt_path.exists()
+                    else "no checkpoint was written"
+                )
                 raise RtkrunError(
                     f"loss is {loss.item()} at step {self.step + 1}: training stopped and {kept}; "
                     "lower trainer.lr, raise trainer.warmup_steps or set trainer.grad_clip"
@@ -182,7 +204,9 @@ class Trainer:
                 self.tracker.log(record)
                 bar.set_postfix(loss=f"{last_loss:.4g}")
                 if bar.disable:
-                    log.info("step %d/%d  loss %.5g  lr %.2e  %.0f steps/s", self.step, tc.max_steps, last_loss, lr, rate)
+                    log.info(
+                        "step %d/%d  loss %.5g  lr %.2e  %.0f steps/s", self.step, tc.max_steps, last_loss, lr, rate
+                    )
                 loss_sum, loss_count = torch.zeros((), device=self.device), 0
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
             if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed:

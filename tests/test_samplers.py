@@ -13,7 +13,9 @@ from rtkrun.samplers.ddpm import ddpm
 from rtkrun.seeding import SampleNoise
 
 MIXTURES = {
-    2: MogConfig(dim=2, n_components=8, layout="ring", radius=2.0, component_std=0.15, weights=[1, 2, 3, 4, 1, 2, 3, 4]),
+    2: MogConfig(
+        dim=2, n_components=8, layout="ring", radius=2.0, component_std=0.15, weights=[1, 2, 3, 4, 1, 2, 3, 4]
+    ),
     16: MogConfig(dim=16, n_components=6, layout="random", radius=4.0, component_std=0.3, weights=[1, 2, 3, 4, 5, 6]),
 }
 

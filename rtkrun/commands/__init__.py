@@ -9,11 +9,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from rtkrun.config import to_dict, validate
 from rtkrun.errors import RtkrunError
+from rtkrun.runs import resolve_checkpoint
 
 # Keys that may change when a train run directory is reused (resume with more steps, a new
 # evaluation, another logger); everything else must match the run that is already there.
-RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.log_every", "trainer.ckpt_every", "trainer.ckpt_minutes",
-                     "evaluation", "logger", "device")
+RESUMABLE_CHANGES = (
+    "trainer.max_steps",
+    "trainer.log_every",
+    "trainer.ckpt_every",
+    "trainer.ckpt_minutes",
+    "evaluation",
+    "logger",
+    "device",
+)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -35,8 +43,11 @@ def check_resume_compatible(run, run_dir: Path) -> None:
         raise RtkrunError(f"{run_dir} holds a run whose config no longer validates; use a new hydra.run.dir") from None
     new = to_dict(run)
     old_flat, new_flat = _flat(old), _flat(new)
-    changed = [k for k in sorted(set(old_flat) | set(new_flat))
-               if old_flat.get(k) != new_flat.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    changed = [
+        k
+        for k in sorted(set(old_flat) | set(new_flat))
+        if old_flat.get(k) != new_flat.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    ]
     if changed:
         k = changed[0]
         raise RtkrunError(
@@ -54,16 +65,21 @@ def preflight(cfg: DictConfig) -> Any:
         run_dir = Path(str(hydra_cfg.run.dir))
         if run.command == "train":
             check_resume_compatible(run, run_dir)
+        if run.command == "sample" and run.ckpt is not None:
+            resolve_checkpoint(run.ckpt)
         existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
         import os
 
         if not os.access(existing, os.W_OK):
-            raise RtkrunError(f"output directory {run_dir} is not writable ({existing}); set hydra.run.dir=<writable path>")
+            raise RtkrunError(
+                f"output directory {run_dir} is not writable ({existing}); set hydra.run.dir=<writable path>"
+            )
     return run
 
 
 def run_command(cfg: DictConfig, run_dir: Path) -> Any:
     run = validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if run.command == "train":
         from rtkrun.commands.train import train
 

@@ -58,8 +58,9 @@ def sampler_settings(cfg) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "name"}
 
 
-def draw_samples(model, sampler_cfg, schedule, dataset_module, sample_shape, n: int, batch_size: int,
-                 seed: int, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+def draw_samples(
+    model, sampler_cfg, schedule, dataset_module, sample_shape, n: int, batch_size: int, seed: int, device: torch.device
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size."""
     fn = SAMPLERS[sampler_cfg.name][1]
     settings = sampler_settings(sampler_cfg)
@@ -82,20 +83,28 @@ def score(dataset, samples: torch.Tensor, evaluation) -> dict[str, float]:
     """The dataset's metrics of ``samples`` (each with its true-vs-true baseline)."""
     if dataset.cfg.name == "mog":
         return mog_metrics.score_samples(
-            dataset.mixture, samples, seed=evaluation.seed, n_projections=evaluation.n_projections,
-            w2_max_n=evaluation.w2_max_n, mmd_max_n=evaluation.mmd_max_n,
+            dataset.mixture,
+            samples,
+            seed=evaluation.seed,
+            n_projections=evaluation.n_projections,
+            w2_max_n=evaluation.w2_max_n,
+            mmd_max_n=evaluation.mmd_max_n,
         )
     raise RtkrunError(f"no metrics for dataset {dataset.cfg.name}")
 
 
-def save_samples(path: Path, samples: torch.Tensor, *, seed: int, dataset_cfg, sampler_cfg, nfe: int,
-                 dataset=None, title: str = "") -> None:
+def save_samples(
+    path: Path, samples: torch.Tensor, *, seed: int, dataset_cfg, sampler_cfg, nfe: int, dataset=None, title: str = ""
+) -> None:
     """``<path>.npz`` (samples, seed, configs) and ``<path>.png`` (scatter plot), atomically."""
     import io
 
     buf = io.BytesIO()
     np.savez(
-        buf, x0=samples.numpy(), seed=seed, nfe=nfe,
+        buf,
+        x0=samples.numpy(),
+        seed=seed,
+        nfe=nfe,
         dataset_config=json.dumps(dataclasses.asdict(dataset_cfg)),
         sampler_config=json.dumps(dataclasses.asdict(sampler_cfg)) if sampler_cfg is not None else "{}",
     )
@@ -110,9 +119,16 @@ def save_samples(path: Path, samples: torch.Tensor, *, seed: int, dataset_cfg, s
 def provenance(seed: int) -> dict[str, Any]:
     """Seeds, code version and package versions recorded with every metrics file."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(rtkrun.__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(rtkrun.__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     versions = {}
@@ -122,8 +138,11 @@ def provenance(seed: int) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     return {
-        "seed": seed, "rtkrun/version": rtkrun.__version__, "rtkrun/git_commit": commit,
-        "python": platform.python_version(), **{f"versions/{k}": v for k, v in versions.items()},
+        "seed": seed,
+        "rtkrun/version": rtkrun.__version__,
+        "rtkrun/git_commit": commit,
+        "python": platform.python_version(),
+        **{f"versions/{k}": v for k, v in versions.items()},
     }
 
 

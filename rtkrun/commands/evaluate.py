@@ -41,15 +41,21 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
             x0 = torch.from_numpy(f["x0"])
             saved_dataset = json.loads(str(f["dataset_config"])) if "dataset_config" in f.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise RtkrunError(f"{path} is not a readable rtkrun samples file ({type(e).__name__}); re-run rtkrun sample") from None
+        raise RtkrunError(
+            f"{path} is not a readable rtkrun samples file ({type(e).__name__}); re-run rtkrun sample"
+        ) from None
     if saved_dataset is not None:
         run.dataset = typed_group("dataset", saved_dataset, "samples' dataset")
         log.info("scoring against the dataset recorded in %s", path)
     dataset = build_dataset(run.dataset)
     if tuple(x0.shape[1:]) != tuple(dataset.sample_shape):
-        raise RtkrunError(f"{path} holds samples of shape {tuple(x0.shape[1:])}, the dataset expects {tuple(dataset.sample_shape)}")
+        raise RtkrunError(
+            f"{path} holds samples of shape {tuple(x0.shape[1:])}, the dataset expects {tuple(dataset.sample_shape)}"
+        )
     scores = score(dataset, x0, run.evaluation)
     metrics = {"status": "complete", **provenance(run.seed), "samples": str(path), **flatten("evaluate", scores)}
     runs.write_json(run_dir / "metrics.json", metrics)
-    log.info("sliced W2 %.4g (true vs true %.4g); %s", scores["sliced_w2"], scores["baseline/sliced_w2"], run_dir.resolve())
+    log.info(
+        "sliced W2 %.4g (true vs true %.4g); %s", scores["sliced_w2"], scores["baseline/sliced_w2"], run_dir.resolve()
+    )
     return metrics

@@ -11,7 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 
 from rtkrun import runs
 from rtkrun.commands.common import (
-    build_parts, draw_samples, flatten, provenance, resolve_device, save_samples, score,
+    build_parts,
+    draw_samples,
+    flatten,
+    provenance,
+    resolve_device,
+    save_samples,
+    score,
 )
 from rtkrun.config import typed_group
 from rtkrun.data import DATASETS
@@ -37,9 +43,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
     if run.ckpt is not None:
         clash = _overridden_groups()
         if clash:
-            raise RtkrunError(
-                f"ckpt={run.ckpt} fixes dataset, model and schedule; drop the override {clash[0]}"
-            )
+            raise RtkrunError(f"ckpt={run.ckpt} fixes dataset, model and schedule; drop the override {clash[0]}")
         state = runs.load_checkpoint(run.ckpt)
         saved = state["config"]
         for group in FIXED_BY_CHECKPOINT:
@@ -49,7 +53,9 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         try:
             model.load_state_dict(state["ema"])
         except RuntimeError as e:
-            raise RtkrunError(f"checkpoint {run.ckpt} does not fit model {run.model.name}: {str(e).splitlines()[0]}") from None
+            raise RtkrunError(
+                f"checkpoint {run.ckpt} does not fit model {run.model.name}: {str(e).splitlines()[0]}"
+            ) from None
         log.info("loaded the EMA weights of %s (step %d)", runs.resolve_checkpoint(run.ckpt), state["step"])
     elif needs_training(model):
         raise RtkrunError(
@@ -57,19 +63,47 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
             "or use a model that needs no training (model=mog_oracle)"
         )
     model = model.to(device)
-    samples, info = draw_samples(model, run.sampler, schedule, DATASETS[run.dataset.name][1],
-                                 dataset.sample_shape, run.n_samples, run.batch_size, run.seed, device)
+    samples, info = draw_samples(
+        model,
+        run.sampler,
+        schedule,
+        DATASETS[run.dataset.name][1],
+        dataset.sample_shape,
+        run.n_samples,
+        run.batch_size,
+        run.seed,
+        device,
+    )
     scores = score(dataset, samples, run.evaluation)
-    save_samples(run_dir / "samples" / "samples", samples, seed=run.seed, dataset_cfg=run.dataset,
-                 sampler_cfg=run.sampler, nfe=info["nfe"], dataset=dataset,
-                 title=f"{run.sampler.name}, NFE {info['nfe']}: sliced W2 {scores['sliced_w2']:.3g} "
-                       f"(true vs true {scores['baseline/sliced_w2']:.3g})")
+    save_samples(
+        run_dir / "samples" / "samples",
+        samples,
+        seed=run.seed,
+        dataset_cfg=run.dataset,
+        sampler_cfg=run.sampler,
+        nfe=info["nfe"],
+        dataset=dataset,
+        title=f"{run.sampler.name}, NFE {info['nfe']}: sliced W2 {scores['sliced_w2']:.3g} "
+        f"(true vs true {scores['baseline/sliced_w2']:.3g})",
+    )
     metrics = {
-        "status": "complete", **provenance(run.seed), "sampler": run.sampler.name, "nfe": info["nfe"],
-        "seconds": info["seconds"], "n_samples": run.n_samples, "ckpt": run.ckpt,
+        "status": "complete",
+        **provenance(run.seed),
+        "sampler": run.sampler.name,
+        "nfe": info["nfe"],
+        "seconds": info["seconds"],
+        "n_samples": run.n_samples,
+        "ckpt": run.ckpt,
         **flatten("sample", scores),
     }
     runs.write_json(run_dir / "metrics.json", metrics)
-    log.info("%s NFE %d: sliced W2 %.4g (true vs true %.4g), mode TV %.3g; %s", run.sampler.name, info["nfe"],
-             scores["sliced_w2"], scores["baseline/sliced_w2"], scores["mode_tv"], run_dir.resolve())
+    log.info(
+        "%s NFE %d: sliced W2 %.4g (true vs true %.4g), mode TV %.3g; %s",
+        run.sampler.name,
+        info["nfe"],
+        scores["sliced_w2"],
+        scores["baseline/sliced_w2"],
+        scores["mode_tv"],
+        run_dir.resolve(),
+    )
     return metrics

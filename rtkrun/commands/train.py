@@ -12,7 +12,13 @@ import torch
 
 from rtkrun import runs
 from rtkrun.commands.common import (
-    build_parts, draw_samples, flatten, provenance, resolve_device, save_samples, score,
+    build_parts,
+    draw_samples,
+    flatten,
+    provenance,
+    resolve_device,
+    save_samples,
+    score,
 )
 from rtkrun.config import to_dict
 from rtkrun.data import DATASETS
@@ -52,15 +58,38 @@ def train(run, run_dir: Path) -> dict[str, Any]:
     dataset_module = DATASETS[run.dataset.name][1]
     ev = run.evaluation
     for label, sampler_cfg in ev.samplers.items():
-        samples, info = draw_samples(eval_model, sampler_cfg, schedule, dataset_module, dataset.sample_shape,
-                                     ev.n_samples, ev.batch_size, ev.seed, device)
+        samples, info = draw_samples(
+            eval_model,
+            sampler_cfg,
+            schedule,
+            dataset_module,
+            dataset.sample_shape,
+            ev.n_samples,
+            ev.batch_size,
+            ev.seed,
+            device,
+        )
         scores = score(dataset, samples, ev)
-        save_samples(run_dir / "samples" / label, samples, seed=ev.seed, dataset_cfg=run.dataset,
-                     sampler_cfg=sampler_cfg, nfe=info["nfe"], dataset=dataset,
-                     title=f"{label}: sliced W2 {scores['sliced_w2']:.3g} (true vs true {scores['baseline/sliced_w2']:.3g})")
+        save_samples(
+            run_dir / "samples" / label,
+            samples,
+            seed=ev.seed,
+            dataset_cfg=run.dataset,
+            sampler_cfg=sampler_cfg,
+            nfe=info["nfe"],
+            dataset=dataset,
+            title=f"{label}: sliced W2 {scores['sliced_w2']:.3g} (true vs true {scores['baseline/sliced_w2']:.3g})",
+        )
         metrics.update(flatten(f"eval/{label}", {**scores, "nfe": info["nfe"], "seconds": info["seconds"]}))
-        log.info("%s: sliced W2 %.4g (true vs true %.4g), mode TV %.3g, NFE %d, %.2f s", label,
-                 scores["sliced_w2"], scores["baseline/sliced_w2"], scores["mode_tv"], info["nfe"], info["seconds"])
+        log.info(
+            "%s: sliced W2 %.4g (true vs true %.4g), mode TV %.3g, NFE %d, %.2f s",
+            label,
+            scores["sliced_w2"],
+            scores["baseline/sliced_w2"],
+            scores["mode_tv"],
+            info["nfe"],
+            info["seconds"],
+        )
     if run.model.name == "mog_student":
         symmetric = run.model.symmetric
         learned = eval_model.mu if symmetric else eval_model.means

@@ -71,7 +71,11 @@ class GaussianMixture:
         self.means = means
         self.std = float(std)
         k = means.shape[0]
-        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
         self.weights = w / w.sum()
 
     @property
@@ -213,7 +217,11 @@ def plot_samples(samples: torch.Tensor, mixture: GaussianMixture, path, title: s
     means = mixture.means.detach().double().cpu()
     if mixture.dim > 2:
         centred = means - means.mean(0)
-        basis = torch.linalg.svd(centred, full_matrices=False).Vh[:2].T if centred.norm() > 0 else torch.eye(mixture.dim, 2, dtype=torch.float64)
+        basis = (
+            torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+            if centred.norm() > 0
+            else torch.eye(mixture.dim, 2, dtype=torch.float64)
+        )
         if basis.shape[1] < 2:
             basis = torch.cat([basis, torch.eye(mixture.dim, 1, dtype=torch.float64)], dim=1)
         x, truth, means = x @ basis, truth @ basis, means @ basis

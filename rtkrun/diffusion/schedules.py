@@ -62,9 +62,7 @@ class LinearSchedule(VPSchedule):
 
     def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000):
         if not 0 < beta_start <= beta_end < 1:
-            raise ConfigError(
-                f"schedule: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}"
-            )
+            raise ConfigError(f"schedule: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
         self.b0 = beta_start * num_steps
         self.b1 = beta_end * num_steps
 

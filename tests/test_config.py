@@ -1,0 +1,74 @@
+"""Every config composes and validates; bad configs fail with the key named."""
+
+from pathlib import Path
+
+import pytest
+
+from rtkrun.cli import CONF_DIR
+from rtkrun.config import validate
+from rtkrun.errors import ConfigError
+from tests.conftest import compose_cfg
+
+GROUP_OPTIONS = {
+    group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("default_"))
+    for group in ("model", "schedule", "sampler", "logger", "experiment")
+}
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+def test_primary_configs_validate(command):
+    overrides = ["samples=x.npz"] if command == "evaluate" else []
+    run = validate(compose_cfg(command, overrides))
+    assert run.command == command
+
+
+@pytest.mark.parametrize("group", ["model", "schedule", "logger"])
+def test_every_group_option_composes(group):
+    for option in GROUP_OPTIONS[group]:
+        overrides = [f"{group}={option}"]
+        if option == "mog_student":
+            overrides += ["dataset.layout=pair", "dataset.n_components=2"]
+        run = validate(compose_cfg("train", overrides))
+        assert getattr(run, group).name == option
+
+
+@pytest.mark.parametrize("option", GROUP_OPTIONS["sampler"])
+def test_every_sampler_composes(option):
+    assert validate(compose_cfg("sample", [f"sampler={option}"])).sampler.name == option
+
+
+@pytest.mark.parametrize("option", GROUP_OPTIONS["experiment"])
+def test_every_experiment_composes(option):
+    validate(compose_cfg("train", [f"experiment={option}"]))
+
+
+def test_dataset_brings_its_defaults():
+    run = validate(compose_cfg("train", ["dataset=mog"]))
+    assert (run.model.name, run.schedule.name, run.trainer.objective) == ("mog_mlp", "cosine", "dddm")
+    assert set(run.evaluation.samplers) == {"ddim50", "ddpm200"}
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["+model.widht=3"], "unknown config key 'model.widht'"),
+        (["dataset.dim=abc"], "dataset.dim"),
+        (["dataset.dim=-2"], "dataset.dim must be >= 1"),
+        (["trainer.lr=0"], "trainer.lr must be > 0"),
+        (["trainer.max_steps=-5"], "trainer.max_steps must be >= 1"),
+        (["trainer.objective=foo"], "trainer.objective='foo' is unknown"),
+        (["+evaluation.samplers.bad={name:ddim,steps:0}"], "evaluation.samplers.bad.steps must be >= 1"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg("train", overrides))
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_sampler_step_size_must_be_positive():
+    with pytest.raises(ConfigError, match="sampler.steps must be >= 1"):
+        validate(compose_cfg("sample", ["sampler.steps=0"]))
+    with pytest.raises(ConfigError, match="sampler.eta must be >= 0"):
+        validate(compose_cfg("sample", ["sampler.eta=-1"]))

@@ -1,0 +1,80 @@
+"""Training: exact resume, learning, the NaN guard and the student's metrics (in-process)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from rtkrun import runs
+from rtkrun.commands import run_command
+from rtkrun.commands.common import build_parts, draw_samples, score
+from rtkrun.config import validate
+from rtkrun.data import mog
+from rtkrun.diffusion.objectives import Objective
+from rtkrun.errors import RtkrunError
+from tests.conftest import compose_cfg
+
+NO_EVAL = ["~evaluation.samplers"]  # Hydra merges dicts: delete, then add with +key=…
+
+
+def train(run_dir, overrides):
+    return run_command(compose_cfg("train", overrides), run_dir)
+
+
+def test_interrupted_and_resumed_training_is_bit_identical(tmp_path):
+    common = ["trainer.deterministic=true", "trainer.ckpt_every=1000", "trainer.log_every=100", *NO_EVAL]
+    train(tmp_path / "resumed", [*common, "trainer.max_steps=200"])
+    first = runs.load_checkpoint(tmp_path / "resumed")
+    assert first["step"] == 200
+    train(tmp_path / "resumed", [*common, "trainer.max_steps=400"])
+    train(tmp_path / "straight", [*common, "trainer.max_steps=400"])
+    a, b = runs.load_checkpoint(tmp_path / "resumed"), runs.load_checkpoint(tmp_path / "straight")
+    assert a["step"] == b["step"] == 400
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a["buffer"], b["buffer"]) and torch.equal(a["generator"], b["generator"])
+    logged = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [100, 200, 300, 400]
+
+
+def test_default_model_learns(tmp_path):
+    # DDIM-50 sliced W2 of the trained default model is >= 5x better than at initialisation.
+    overrides = ["~evaluation.samplers.ddpm200", "evaluation.n_samples=2000"]
+    metrics = train(tmp_path, overrides)
+    run = validate(compose_cfg("train", overrides))
+    dataset, schedule, model = build_parts(run, run.seed)  # the same initialisation, untrained
+    sampler = run.evaluation.samplers["ddim50"]
+    samples, _ = draw_samples(model, sampler, schedule, mog, dataset.sample_shape, 2000, 2000, 0, torch.device("cpu"))
+    initial = score(dataset, samples, run.evaluation)["sliced_w2"]
+    trained = metrics["eval/ddim50/sliced_w2"]
+    assert trained * 5 <= initial, (trained, initial)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = Objective.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(Objective, "__call__", poisoned)
+    with pytest.raises(RtkrunError, match="at step 7.*last good checkpoint .* is kept"):
+        train(tmp_path, ["trainer.max_steps=20", "trainer.ckpt_every=5", *NO_EVAL])
+    assert runs.load_checkpoint(tmp_path)["step"] == 5
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_student_reports_angle_and_distance(tmp_path):
+    metrics = train(tmp_path, ["experiment=mog_pair_student", "trainer.max_steps=300", "trainer.lr=0.05", *NO_EVAL])
+    assert metrics["student/angle_deg"] < 10 and math.isfinite(metrics["student/distance"])
+
+
+def test_oracle_needs_no_training(tmp_path):
+    metrics = train(tmp_path, ["model=mog_oracle", *NO_EVAL, "+evaluation.samplers={ddim20:{name:ddim,steps:20}}"])
+    assert not (tmp_path / "checkpoints").exists() and metrics["eval/ddim20/nfe"] == 20
