@@ -17,15 +17,16 @@ $(STAMP): pyproject.toml
 train: install  ## the default experiment: 2-D mixture of Gaussians, about a minute on 2 CPU cores
 	$(BIN)/rtkrun train $(ARGS)
 
-test: install  ## the default (fast) test suite
-	$(BIN)/pytest -q
+test: install  ## the default (fast) test suite; pytest's exit 5 (no tests collected) is a failure
+	@$(BIN)/pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-all: install  ## including the slow tests
 	$(BIN)/pytest -q -m 'not gpu'
 
 lint: install
-	$(BIN)/ruff check rtkrun tests scripts
-	$(BIN)/ruff format --check rtkrun tests scripts
+	$(BIN)/ruff check rtkrun tests $(wildcard scripts)
+	$(BIN)/ruff format --check rtkrun tests $(wildcard scripts)
 
 clean-outputs:
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

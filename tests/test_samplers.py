@@ -114,3 +114,23 @@ def test_noise_streams_are_standard_normal_and_uniform():
     assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1) < 0.03
     u = noise.rand(2)
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+
+
+def test_ddpm_step_is_the_gaussian_posterior():
+    # One DDPM step from t to s with a fixed x0_hat, checked against Ho et al. eq. 7 in float64.
+    schedule = CosineSchedule()
+    x0_hat = torch.tensor([[0.7, -1.3]], dtype=torch.float64)
+    constant = lambda x, t, z=None: x0_hat.expand_as(x)  # noqa: E731
+    n = 200_000
+    noise = SampleNoise.for_range(5, 0, n, dtype=torch.float64)
+    x_t = torch.tensor([[0.2, 0.4]], dtype=torch.float64).expand(n, 2)
+    seen = []
+    ddpm(constant, x_t, schedule, generator=noise, steps=2, t_max=0.6, t_min=0.3, callback=seen.append)
+    x_s = seen[0]["x"]  # the state after the first step, at s = 0.3
+    a_t, s_t = (v.item() for v in schedule.alpha_sigma(torch.tensor(0.6, dtype=torch.float64)))
+    a_s, s_s = (v.item() for v in schedule.alpha_sigma(torch.tensor(0.3, dtype=torch.float64)))
+    a = a_t / a_s
+    b = s_t**2 - a**2 * s_s**2
+    mean = (a_s * b / s_t**2) * x0_hat + (a * s_s**2 / s_t**2) * x_t[:1]
+    torch.testing.assert_close(x_s.mean(0, keepdim=True), mean, atol=4e-3, rtol=0)
+    assert x_s.var(0).mean().item() == pytest.approx(b * s_s**2 / s_t**2, rel=0.01)
