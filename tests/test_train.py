@@ -52,6 +52,10 @@ def test_default_model_learns(tmp_path):
     initial = score(dataset, samples, run.evaluation)["sliced_w2"]
     trained = metrics["eval/ddim50/sliced_w2"]
     assert trained * 5 <= initial, (trained, initial)
+    # Sliced W2 alone misses samples collapsed onto a curve through the modes (seen with the
+    # literal x0 = x_t − F head); exact W2 and the off-mode fraction catch it.
+    assert metrics["eval/ddim50/w2"] <= 1.3 * metrics["eval/ddim50/baseline/w2"], metrics
+    assert metrics["eval/ddim50/off_mode"] < 0.08, metrics
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

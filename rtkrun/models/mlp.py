@@ -1,6 +1,10 @@
-"""``mog_mlp``: a SiLU MLP denoiser for low-dimensional data with a DDDM output head.
+"""``mog_mlp``: a SiLU MLP denoiser for low-dimensional data that reads the DDDM estimate z.
 
-f_θ(z, x_t, t) = x_t − F_θ(z, x_t, t) (Zhang et al. 2024, §3). The estimate z enters by
+Output heads: ``dddm``, f_θ(z, x_t, t) = x_t − F_θ(z, x_t, t) literally (Zhang et al. 2024,
+§3), and ``edm`` (default), EDM's skip/output scaling, which is the identity as σ → 0 by
+construction: with the literal head the network must learn F ≈ 0 at small noise, where the x0
+loss hardly sees its errors, and samples collapse onto a curve through the modes. Either way
+the DDDM map is F = x_t − x0_hat. The estimate z enters by
 concatenation together with a has-estimate flag, so ``z=None`` (the null estimate of the
 self-conditioning trick) is distinguishable from an estimate that happens to be zero. SiLU
 rather than ReLU: the diagnostics need non-zero second derivatives (REFERENCE.md §1.4).
@@ -27,8 +31,11 @@ class MogMLPConfig:
     hidden: int = 128
     depth: int = 3
     time_features: int = 16
+    head: str = "edm"  # edm: x0 = c_skip·x_t/α + c_out·net (identity as σ → 0) | dddm: x0 = x_t − net
 
     def __post_init__(self) -> None:
+        if self.head not in ("edm", "dddm"):
+            raise ConfigError(f"head={self.head!r} is unknown; choose edm or dddm")
         for key in ("hidden", "depth", "time_features"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -53,6 +60,7 @@ class MogMLP(nn.Module):
         self.dim = dim
         self.schedule = schedule
         self.data_std = float(data_std)
+        self.head = cfg.head
         self.time = NoiseLevelFeatures(cfg.time_features)
         width_in = 2 * dim + 1 + 2 * max(cfg.time_features // 2, 1)
         layers: list[nn.Module] = []
@@ -71,7 +79,16 @@ class MogMLP(nn.Module):
         c_in = torch.rsqrt(alpha**2 * self.data_std**2 + sigma**2)[:, None]
         u = self.schedule.log_snr(t) / LOG_SNR_LIMIT
         features = torch.cat([c_in * x_t, z / self.data_std, flag, self.time(u)], dim=-1)
-        return x_t - self.net(features)
+        out = self.net(features)
+        if self.head == "dddm":
+            return x_t - out
+        # EDM (Karras et al. 2022, Table 1) in data space y = x_t/α with noise level σ_e = σ/α:
+        # c_skip = s_d²/(σ_e² + s_d²), c_out = σ_e s_d/√(σ_e² + s_d²); written with α, σ so that
+        # α = 0 stays finite. The DDDM map is still F = x_t − x0_hat.
+        v = (alpha**2 * self.data_std**2 + sigma**2)[:, None]
+        c_skip_over_alpha = alpha[:, None] * self.data_std**2 / v
+        c_out = sigma[:, None] * self.data_std / v.sqrt()
+        return c_skip_over_alpha * x_t + c_out * out
 
 
 def build(cfg: MogMLPConfig, dataset, schedule: VPSchedule) -> MogMLP:
