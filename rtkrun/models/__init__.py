@@ -7,10 +7,11 @@ MODELS = {
     "mog_mlp": (mlp.MogMLPConfig, mlp.build),
     "mog_oracle": (oracle.MogOracleConfig, oracle.build),
     "mog_student": (student.MogStudentConfig, student.build),
+    "mog_flow_oracle": (oracle.MogFlowOracleConfig, oracle.build_flow),
 }
 
 # Which datasets each model can serve (checked before any work starts).
-MODEL_DATASETS = {"mog_mlp": {"mog"}, "mog_oracle": {"mog"}, "mog_student": {"mog"}}
+MODEL_DATASETS = {"mog_mlp": {"mog"}, "mog_oracle": {"mog"}, "mog_student": {"mog"}, "mog_flow_oracle": {"mog"}}
 
 
 def needs_training(model) -> bool:

@@ -47,3 +47,49 @@ class MogOracle(nn.Module):
 
 def build(cfg: MogOracleConfig, dataset, schedule) -> MogOracle:
     return MogOracle(dataset.mixture, schedule)
+
+
+@dataclass
+class MogFlowOracleConfig:
+    name: str = "mog_flow_oracle"
+    ode_steps: int = 200  # Heun steps of the exact PF-ODE per evaluation (float64)
+    t_min: float = 1e-4
+
+
+class MogFlowOracle(nn.Module):
+    """The exact DDDM map of a mixture: f(z, x_t, t) = Φ(x_t, t), the probability-flow ODE solved
+    from t to 0 with the exact score (Heun, float64, ``ode_steps`` steps on the EDM grid), so
+    F(z, x_t, t) = x_t − Φ(x_t, t) and the DDDM fixed point is reached in one iteration from any
+    z. Used to check the DDDM machinery exactly; ``forward`` costs ``2·ode_steps`` oracle calls."""
+
+    needs_training = False
+
+    def __init__(self, cfg: MogFlowOracleConfig, mixture: GaussianMixture, schedule: VPSchedule) -> None:
+        super().__init__()
+        self.exact = MogOracle(mixture, schedule)
+        self.schedule = schedule
+        self.ode_steps = cfg.ode_steps
+        self.t_min = cfg.t_min
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        from rtkrun.samplers.pf_ode import pf_ode
+
+        t0 = float(t.reshape(-1)[0])
+        if t0 <= self.t_min:
+            return x_t
+        out = pf_ode(
+            self.exact,
+            x_t.double(),
+            self.schedule,
+            generator=None,
+            steps=self.ode_steps,
+            solver="heun",
+            grid="edm",
+            t_max=t0,
+            t_min=self.t_min,
+        )
+        return out.x0.to(x_t.dtype)
+
+
+def build_flow(cfg: MogFlowOracleConfig, dataset, schedule) -> MogFlowOracle:
+    return MogFlowOracle(cfg, dataset.mixture, schedule)

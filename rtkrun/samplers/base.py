@@ -45,3 +45,11 @@ class CountingDenoiser:
 def report(callback: Callback | None, **info: Any) -> None:
     if callback is not None:
         callback(info)
+
+
+def ddim_move(x: torch.Tensor, x0_hat: torch.Tensor, alpha_t, sigma_t, alpha_s, sigma_s) -> torch.Tensor:
+    """The deterministic DDIM move from t to s < t given x0_hat (Song et al. 2021, eq. 12, η = 0):
+    α_s x0_hat + σ_s ε_hat with ε_hat = (x − α_t x0_hat)/σ_t, written as
+    (σ_s/σ_t)·x + (α_s − σ_s α_t/σ_t)·x0_hat so that α_t = 0 needs no special case."""
+    keep = sigma_s / sigma_t
+    return (keep * x + (alpha_s - keep * alpha_t) * x0_hat).to(x.dtype)
