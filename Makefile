@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all lint clean-outputs
+.PHONY: install train test test-all lint tables-mog clean-outputs
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ test: install  ## the default (fast) test suite; pytest's exit 5 (no tests colle
 
 test-all: install  ## including the slow tests
 	$(BIN)/pytest -q -m 'not gpu'
+
+tables-mog: install  ## tables T1 and T2 on the mixture of Gaussians (CPU, ~10 min) -> outputs/tables/
+	$(BIN)/python scripts/make_mog_tables.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check rtkrun tests $(wildcard scripts)

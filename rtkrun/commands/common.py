@@ -23,7 +23,7 @@ from rtkrun.diffusion.schedules import build_schedule
 from rtkrun.errors import RtkrunError
 from rtkrun.metrics import mog as mog_metrics
 from rtkrun.models import MODELS
-from rtkrun.samplers import SAMPLERS
+from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.seeding import SampleNoise
 
 log = logging.getLogger("rtkrun")
@@ -54,16 +54,12 @@ def build_parts(run, seed: int):
     return dataset, schedule, model
 
 
-def sampler_settings(cfg) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "name"}
-
-
 def draw_samples(
     model, sampler_cfg, schedule, dataset_module, sample_shape, n: int, batch_size: int, seed: int, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size."""
     fn = SAMPLERS[sampler_cfg.name][1]
-    settings = sampler_settings(sampler_cfg)
+    settings = settings_for(sampler_cfg)
     chunks, nfe, stats = [], 0, {}
     start_time = time.time()
     model.eval()
@@ -76,7 +72,7 @@ def draw_samples(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - start_time
-    return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats}
+    return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats, "settings": settings}
 
 
 def score(dataset, samples: torch.Tensor, evaluation) -> dict[str, float]:

@@ -94,6 +94,11 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         "seconds": info["seconds"],
         "n_samples": run.n_samples,
         "ckpt": run.ckpt,
+        "nfe_budget": run.sampler.nfe,
+        "dataset/name": run.dataset.name,
+        "dataset/dim": dataset.sample_shape[0],
+        **flatten("settings", info["settings"]),
+        **flatten("stats", {k: v for k, v in info["stats"].items() if k in ("acceptance", "contraction", "residual")}),
         **flatten("sample", scores),
     }
     runs.write_json(run_dir / "metrics.json", metrics)

@@ -52,14 +52,24 @@ def logsnr_grid(schedule: VPSchedule, steps: int, t_max: float = 1.0, t_min: flo
 
 
 def edm_grid(
-    schedule: VPSchedule, steps: int, t_max: float = 1.0, t_min: float = 1e-3, rho: float = 7.0, **_
+    schedule: VPSchedule,
+    steps: int,
+    t_max: float = 1.0,
+    t_min: float = 1e-3,
+    rho: float = 7.0,
+    sigma_max: float = 80.0,
+    **_,
 ) -> torch.Tensor:
-    """Karras et al. (2022) eq. 5: σ_i^{1/ρ} linear in i, with σ = σ(t)/α(t) = exp(−λ/2)."""
+    """Karras et al. (2022) eq. 5: σ_i^{1/ρ} linear in i, with σ = σ(t)/α(t) = exp(−λ/2), from
+    min(σ(t_max), σ_max = 80) as in EDM. Without the cap a schedule with α(t_max) ≈ 0 (σ up to
+    e^15 at the λ clamp) spends most of its steps where nothing happens; the first step still
+    starts at t_max exactly."""
     _check(steps, t_max, t_min)
     if rho <= 0:
         raise ConfigError(f"sampler.rho must be > 0, got {rho}")
     ends = schedule.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
     s_max, s_min = torch.exp(-ends / 2)
+    s_max = torch.clamp(s_max, max=max(sigma_max, float(s_min) * 1.0001))
     u = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return _finish(schedule.t_from_log_snr(-2 * torch.log(sig)), t_max, t_min)

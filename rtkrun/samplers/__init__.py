@@ -1,5 +1,15 @@
 """Samplers sharing one signature (see ``base``). ``SAMPLERS`` maps a config name to
-(schema, function); the config's other fields are the function's keyword settings."""
+(schema, function); the config's other fields are the function's keyword settings.
+
+Every sampler config also takes ``nfe``, a budget of network evaluations: ``settings_for``
+fits that sampler's own knobs to it, so one sweep ``sampler=ddim,rtk_mala,… sampler.nfe=1,2,5``
+compares samplers at equal NFE. The NFE a run really used is always counted, never inferred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 from rtkrun.samplers import dddm, ddim, ddpm, pf_ode, rtk_mala, rtk_uld
 
@@ -11,3 +21,29 @@ SAMPLERS = {
     "rtk_mala": (rtk_mala.RTKMALAConfig, rtk_mala.rtk_mala),
     "rtk_uld": (rtk_uld.RTKULDConfig, rtk_uld.rtk_uld),
 }
+
+
+def _rtk_budget(s: dict[str, Any], nfe: int) -> dict[str, Any]:
+    # NFE = segments·(2 + c·inner_steps) + 1: a DDIM jump and a score per segment, c per inner
+    # step (1, or 1 + gl_nodes with Gauss–Legendre energies), and the final denoise.
+    per_step = 1 + s["gl_nodes"] if s.get("energy") == "gauss_legendre" else 1
+    segments = max(1, min(s["segments"], (nfe - 1) // 2))
+    inner = max(0, ((nfe - 1) // segments - 2) // per_step)
+    return {**s, "segment_length": None, "segments": segments, "inner_steps": inner}
+
+
+def _budget(name: str, s: dict[str, Any], nfe: int) -> dict[str, Any]:
+    if name in ("ddim", "ddpm"):
+        return {**s, "steps": nfe}
+    if name == "pf_ode":  # Heun: 2 NFE per step, 1 for the last
+        return {**s, "steps": max(1, (nfe + 1) // 2) if s["solver"] == "heun" else nfe}
+    if name == "dddm":  # keep the configured number of levels, spend the rest on iterations
+        levels = min(s["levels"], nfe)
+        return {**s, "levels": levels, "iterations": max(1, nfe // levels)}
+    return _rtk_budget(s, nfe)
+
+
+def settings_for(cfg: Any) -> dict[str, Any]:
+    """Keyword settings of a validated sampler config, fitted to its ``nfe`` budget if set."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("name", "nfe")}
+    return settings if cfg.nfe is None else _budget(cfg.name, settings, cfg.nfe)

@@ -32,6 +32,7 @@ class DDDMConfig:
     t_max: float = 1.0
     t_min: float = 1e-3
     rho: float = 7.0
+    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
         if self.levels < 1 or self.iterations < 1:

@@ -29,6 +29,7 @@ class DDIMConfig:
     t_max: float = 1.0
     t_min: float = 1e-3
     rho: float = 7.0  # edm grid only
+    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
         if self.steps < 1:

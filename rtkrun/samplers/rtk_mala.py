@@ -40,6 +40,7 @@ class RTKMALAConfig:
     target: str = "score"  # score | dddm
     t_max: float = 1.0
     t_min: float = 1e-3
+    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.inner_steps < 0 or self.gl_nodes < 1:

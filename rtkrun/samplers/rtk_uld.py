@@ -27,6 +27,7 @@ class RTKULDConfig:
     friction: float = 2.0
     t_max: float = 1.0
     t_min: float = 1e-3
+    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.inner_steps < 0:

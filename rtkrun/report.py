@@ -1,0 +1,156 @@
+"""Collect run directories into tables (CSV + Markdown) and a quality-vs-NFE figure.
+
+A small collector for the MoG tables T1 and T2 (PAPER_TABLES.md); ``rtkrun report`` (the
+reproduce issue) generalises it. Rows come only from run directories: ``.hydra/config.yaml``
+for what was run and ``metrics.json`` for what it measured. A job without ``metrics.json`` is
+listed as failed or unfinished, never dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rtkrun.runs import atomic_write_bytes
+
+SAMPLE_COLUMNS = [
+    "model",
+    "dim",
+    "sampler",
+    "variant",
+    "nfe_budget",
+    "nfe",
+    "sliced_w2",
+    "baseline/sliced_w2",
+    "w2",
+    "baseline/w2",
+    "mmd",
+    "baseline/mmd",
+    "mode_tv",
+    "baseline/mode_tv",
+    "off_mode",
+    "baseline/off_mode",
+    "acceptance",
+    "contraction",
+    "seconds",
+    "n",
+    "seed",
+    "status",
+    "run_dir",
+]
+VARIANT_KEYS = ("energy", "solver", "levels", "segment_length", "step_size", "eta", "target")
+
+
+def find_runs(roots: list[str | Path]) -> list[Path]:
+    """Every directory under ``roots`` holding ``.hydra/config.yaml`` (single runs and sweep jobs)."""
+    found = set()
+    for root in map(Path, roots):
+        for cfg in root.rglob(".hydra/config.yaml"):
+            found.add(cfg.parent.parent)
+    return sorted(found)
+
+
+def _variant(sampler: dict[str, Any]) -> str:
+    parts = [f"{k}={sampler[k]}" for k in VARIANT_KEYS if sampler.get(k) not in (None, "")]
+    defaults = {"solver=heun", "target=score", "eta=0.0", "levels=1"}
+    return " ".join(p for p in parts if p not in defaults)
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def sample_row(run_dir: Path) -> dict[str, Any]:
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    row: dict[str, Any] = {
+        "model": "learned" if cfg.get("ckpt") else cfg["model"]["name"],
+        "dim": cfg["dataset"]["dim"],
+        "sampler": cfg["sampler"]["name"],
+        "variant": _variant(cfg["sampler"]),
+        "seed": cfg.get("seed"),
+        "run_dir": str(run_dir),
+    }
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        return {**row, "status": "failed or unfinished"}
+    m = json.loads(metrics_path.read_text())
+    row["dim"] = m.get("dataset/dim", row["dim"])  # a checkpoint fixes the dataset
+    row.update({k: m.get(f"sample/{k}") for k in SAMPLE_COLUMNS if m.get(f"sample/{k}") is not None})
+    acc = [a for a in m.get("stats/acceptance") or [] if a is not None]  # None: a segment without MALA steps
+    contraction = m.get("stats/contraction")
+    row.update(
+        {
+            "nfe": m.get("nfe"),
+            "nfe_budget": m.get("nfe_budget"),
+            "seconds": m.get("seconds"),
+            "status": m.get("status"),
+            "acceptance": _round(sum(acc) / len(acc)) if acc else None,
+            "contraction": _round(contraction[-1][-1]) if contraction and contraction[-1] else None,
+        }
+    )
+    return row
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def write_table(rows: list[dict[str, Any]], columns: list[str], stem: Path, title: str, note: str = "") -> None:
+    """``stem``.csv and ``stem``.md, written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(stem.with_suffix(".csv"), buf.getvalue().encode())
+    shown = [c for c in columns if c != "run_dir"]
+    lines = [f"# {title}", "", note, "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in shown) + " |" for r in rows]
+    atomic_write_bytes(stem.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+
+
+def plot_quality_vs_nfe(rows: list[dict[str, Any]], path: Path, metric: str = "sliced_w2") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        if r.get(metric) is not None and r.get("nfe"):
+            groups.setdefault((r["model"], r["dim"]), []).append(r)
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, ((model, dim), rs) in zip(axes[0], sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        for label in sorted({(r["sampler"], r["variant"]) for r in rs}):
+            pts = sorted((r["nfe"], r[metric]) for r in rs if (r["sampler"], r["variant"]) == label)
+            ax.plot(*zip(*pts), marker="o", label=" ".join(x for x in label if x))
+        base = [r[f"baseline/{metric}"] for r in rs if r.get(f"baseline/{metric}") is not None]
+        if base:
+            ax.axhline(sum(base) / len(base), color="k", ls="--", lw=1, label="true vs true")
+        ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric, title=f"{model}, d = {dim}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(
+        rows,
+        key=lambda r: (
+            str(r["model"]),
+            r["dim"],
+            r["sampler"],
+            r["variant"],
+            r.get("nfe_budget") or 0,
+            r.get("nfe") or 0,
+        ),
+    )

@@ -1,0 +1,69 @@
+"""The table collector reads run directories only and never drops a failed job."""
+
+import json
+
+from omegaconf import OmegaConf
+
+from rtkrun.report import SAMPLE_COLUMNS, find_runs, sample_row, sort_rows, write_table
+from rtkrun.samplers import SAMPLERS, settings_for
+
+
+def fake_run(root, name, sampler, metrics=None):
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {
+        "command": "sample",
+        "seed": 0,
+        "ckpt": None,
+        "dataset": {"name": "mog", "dim": 2},
+        "model": {"name": "mog_oracle"},
+        "sampler": sampler,
+    }
+    OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_rows_come_from_run_directories_and_failures_are_kept(tmp_path):
+    fake_run(
+        tmp_path,
+        "a",
+        {"name": "rtk_mala", "energy": "exact", "target": "score"},
+        {
+            "status": "complete",
+            "nfe": 16,
+            "seconds": 1.5,
+            "dataset/dim": 2,
+            "sample/sliced_w2": 0.1,
+            "sample/baseline/sliced_w2": 0.08,
+            "stats/acceptance": [0.5, 0.7],
+        },
+    )
+    fake_run(tmp_path, "b", {"name": "ddim", "eta": 0.0})
+    rows = sort_rows([sample_row(p) for p in find_runs([tmp_path])])
+    assert [r["sampler"] for r in rows] == ["ddim", "rtk_mala"]
+    assert rows[0]["status"] == "failed or unfinished"
+    done = rows[1]
+    assert (done["nfe"], done["sliced_w2"], done["acceptance"], done["variant"]) == (16, 0.1, 0.6, "energy=exact")
+    write_table(rows, SAMPLE_COLUMNS, tmp_path / "T", "title", "note")
+    md = (tmp_path / "T.md").read_text().splitlines()
+    assert md[0] == "# title" and md[4].startswith("| model | dim | sampler | variant | nfe_budget | nfe |")
+    assert "| oracle" not in md[6] and "failed or unfinished" in md[6]
+    assert len((tmp_path / "T.csv").read_text().splitlines()) == 3
+
+
+def test_nfe_budget_fits_every_sampler():
+    for name, (schema, _) in SAMPLERS.items():
+        for nfe in (3, 10, 100):
+            s = settings_for(schema(nfe=nfe))
+            expected = {
+                "ddim": s.get("steps"),
+                "ddpm": s.get("steps"),
+                "pf_ode": 2 * s.get("steps", 0) - 1,
+                "dddm": s.get("levels", 0) * s.get("iterations", 0),
+                "rtk_mala": s.get("segments", 0) * (2 + s.get("inner_steps", 0)) + 1,
+                "rtk_uld": s.get("segments", 0) * (2 + s.get("inner_steps", 0)) + 1,
+            }[name]
+            assert expected <= nfe, (name, nfe, s)
+            assert expected >= 0.75 * nfe, (name, nfe, s)
