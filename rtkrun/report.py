@@ -134,7 +134,9 @@ def plot_quality_vs_nfe(rows: list[dict[str, Any]], path: Path, metric: str = "s
             ax.plot(*zip(*pts), marker="o", label=" ".join(x for x in label if x))
         base = [r[f"baseline/{metric}"] for r in rs if r.get(f"baseline/{metric}") is not None]
         if base:
-            ax.axhline(sum(base) / len(base), color="k", ls="--", lw=1, label="true vs true")
+            level = sum(base) / len(base)
+            ax.axhline(level, color="k", ls="--", lw=1, label="true vs true")
+            ax.set_ylim(top=min(ax.get_ylim()[1], 1000 * level))  # a diverging sampler leaves the frame
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric, title=f"{model}, d = {dim}")
         ax.legend(fontsize=7)
     fig.tight_layout()

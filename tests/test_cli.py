@@ -48,7 +48,7 @@ def test_help_lists_commands(tmp_path):
     module = subprocess.run([sys.executable, "-m", "rtkrun", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert module.returncode == 0 and "commands:" in module.stdout
     per_command = run_cli("sample", "--help", cwd=tmp_path)
-    assert per_command.returncode == 0 and "sampler: ddim, ddpm" in per_command.stdout
+    assert per_command.returncode == 0 and "sampler: dddm, ddim, ddpm, pf_ode, rtk_mala, rtk_uld" in per_command.stdout
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
