@@ -178,3 +178,25 @@ def test_sample_i_does_not_depend_on_batch_size(name):
     whole = run(0, 10)
     assert torch.equal(whole, torch.cat([run(0, 4), run(4, 10)]))
     assert torch.equal(whole, run(0, 10))
+
+
+def test_rtk_mala_dddm_target_samples_the_proxy_energy():
+    # f(z) = x − (Az + b): r(z) = (I + A)z − (x − b), so π(z) ∝ exp(−‖r‖²/(2σ²)) is Gaussian with
+    # mean (I + A)⁻¹(x − b) and covariance σ²((I + A)ᵀ(I + A))⁻¹.
+    from rtkrun.samplers.rtk_mala import rtk_mala
+
+    A = torch.tensor([[0.3, 0.1], [0.0, -0.2]], dtype=torch.float64)
+    b = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    model = lambda x, t, z=None: x - (b if z is None else z @ A.T + b)  # noqa: E731
+    schedule = CosineSchedule()
+    n = 20_000
+    noise = SampleNoise.for_range(0, 0, n, dtype=torch.float64)
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64).expand(n, 2).contiguous()
+    out = rtk_mala(model, x, schedule, generator=noise, target="dddm", segments=1, inner_steps=150, t_max=0.5)
+    sigma2 = schedule.sigma(torch.tensor(0.5, dtype=torch.float64)).item() ** 2
+    M = torch.eye(2, dtype=torch.float64) + A
+    mean = torch.linalg.solve(M, x[0] - b)
+    cov = sigma2 * torch.linalg.inv(M.T @ M)
+    torch.testing.assert_close(out.x0.mean(0), mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(torch.cov(out.x0.T), cov, atol=0.03 * cov.abs().max().item(), rtol=0)
+    assert 0.3 < out.stats["acceptance"][0] < 0.9
