@@ -4,6 +4,7 @@ sampling in batches with per-sample seeds, scoring, and writing samples and metr
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import platform
@@ -93,8 +94,6 @@ def save_samples(
     path: Path, samples: torch.Tensor, *, seed: int, dataset_cfg, sampler_cfg, nfe: int, dataset=None, title: str = ""
 ) -> None:
     """``<path>.npz`` (samples, seed, configs) and ``<path>.png`` (scatter plot), atomically."""
-    import io
-
     buf = io.BytesIO()
     np.savez(
         buf,
