@@ -1,0 +1,68 @@
+"""Second derivatives of F: the exact tensor H_i = ∇²F_i (small d), B_sq = Σ_i ‖H_i‖²_op, an
+unbiased Hutchinson estimate of Σ_i ‖H_i‖²_F, a lower bound sup_u ‖D²F[u, u]‖² ≤ B_sq, and
+‖Σ_i r_i H_i‖ as the Hessian of the scalar ⟨stopgrad(r), F(z)⟩ (no 3-tensor needed)."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import hessian, jacfwd, jacrev, jvp, vmap
+
+from rtkrun.diagnostics.jacobian import BatchMap
+
+
+def exact_hessians(F: BatchMap, z: torch.Tensor) -> torch.Tensor:
+    """(B, d_out, d, d): H[b, i] = ∇²F_i at z[b]."""
+    return vmap(jacfwd(jacrev(lambda zi: F(zi[None])[0])))(z)
+
+
+def exact_b_sq(F: BatchMap, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B_sq = Σ_i ‖H_i‖²_op, Σ_i ‖H_i‖²_F) per sample, from the full tensor (symmetric H_i:
+    operator norm = largest |eigenvalue|)."""
+    hess = exact_hessians(F, z)
+    op = torch.linalg.eigvalsh(hess).abs().amax(-1)
+    return (op**2).sum(-1), (hess**2).sum((-1, -2, -3))
+
+
+def second_directional(F: BatchMap, z: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """D²F[u, v] per sample by nested jvp: d/ds (J(z + s v) u) at s = 0."""
+    return jvp(lambda y: jvp(F, (y,), (u,))[1], (z,), (v,))[1]
+
+
+def hutchinson_frobenius(F: BatchMap, z: torch.Tensor, probes: int = 64, generator: torch.Generator | None = None):
+    """Unbiased Σ_i ‖H_i‖²_F = E‖D²F[u, v]‖² with independent Rademacher u, v; returns
+    (mean, standard error) per sample over ``probes`` pairs (2 nested jvps each)."""
+    z = z.detach()
+    draws = []
+    for _ in range(probes):
+        u = torch.randint(0, 2, z.shape, generator=generator).to(z) * 2 - 1
+        v = torch.randint(0, 2, z.shape, generator=generator).to(z) * 2 - 1
+        draws.append((second_directional(F, z, u, v) ** 2).flatten(1).sum(1))
+    stack = torch.stack(draws)
+    return stack.mean(0), stack.std(0) / probes**0.5
+
+
+def b_sq_lower_bound(
+    F: BatchMap, z: torch.Tensor, restarts: int = 8, steps: int = 20, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """max over unit u of ‖D²F[u, u]‖² ≤ Σ_i ‖H_i‖²_op = B_sq, maximised by projected ascent
+    from random starts; any u gives a valid lower bound, the ascent only tightens it."""
+    z = z.detach()
+    best = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    for _ in range(restarts):
+        u = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+        for _ in range(steps + 1):
+            u = u / u.flatten(1).norm(dim=1).reshape(-1, *([1] * (u.ndim - 1)))
+            with torch.enable_grad():
+                u = u.detach().requires_grad_(True)
+                value = (second_directional(F, z, u, u) ** 2).flatten(1).sum(1)
+                (grad,) = torch.autograd.grad(value.sum(), u)
+            best = torch.maximum(best, value.detach())
+            u = grad
+    return best
+
+
+def residual_weighted_hessian_norm(F: BatchMap, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """‖Σ_i r_i H_i‖₂ per sample (exact, small d): the Hessian of ⟨stopgrad(r), F(z)⟩."""
+    r = r.detach()
+    hess = vmap(hessian(lambda zi, ri: (ri * F(zi[None])[0]).sum()))(z, r)
+    return torch.linalg.eigvalsh(hess).abs().amax(-1)

@@ -1,0 +1,100 @@
+"""Regularity diagnostics against float64 brute force and closed forms."""
+
+import pytest
+import torch
+
+from rtkrun.data.mog import GaussianMixture
+from rtkrun.diagnostics.convexity import bound_chain
+from rtkrun.diagnostics.hessian import b_sq_lower_bound, exact_b_sq, hutchinson_frobenius
+from rtkrun.diagnostics.jacobian import exact_singular_values, lanczos_singular_values, power_iteration_norm
+
+
+def silu_mlp(d: int, width: int = 32, scale: float = 0.6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(width, d, generator=g, dtype=torch.float64) * scale / d**0.5
+    w2 = torch.randn(d, width, generator=g, dtype=torch.float64) * scale / width**0.5
+    b1 = torch.randn(width, generator=g, dtype=torch.float64) * 0.1
+    return lambda z: torch.nn.functional.silu(z @ w1.T + b1) @ w2.T
+
+
+def points(d: int, n: int = 4, seed: int = 1):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def brute_jacobians(F, z):
+    return torch.stack([torch.autograd.functional.jacobian(lambda zi: F(zi[None])[0], zi) for zi in z])
+
+
+@pytest.mark.parametrize("d", [10, 50])
+def test_spectral_norm_and_sigma_min_exact_and_lanczos(d):
+    F, z = silu_mlp(d), points(d)
+    brute = brute_jacobians(F, z)
+    eye = torch.eye(d, dtype=torch.float64)
+    L_brute = torch.linalg.matrix_norm(brute, ord=2)
+    smin_brute = torch.linalg.svdvals(brute + eye)[:, -1]
+    torch.testing.assert_close(exact_singular_values(F, z)[:, 0], L_brute, rtol=1e-6, atol=0)
+    torch.testing.assert_close(exact_singular_values(F, z, shift_identity=True)[:, -1], smin_brute, rtol=1e-6, atol=0)
+    gen = torch.Generator().manual_seed(0)
+    L_lanczos, _, used = lanczos_singular_values(F, z, iters=20, generator=gen)
+    assert used <= 20
+    torch.testing.assert_close(L_lanczos, L_brute, rtol=0.01, atol=0)
+    assert (L_lanczos <= L_brute * (1 + 1e-9)).all()  # Krylov estimates approach from below
+    # With a full Krylov space (d steps) the smallest singular value of I + J is exact too.
+    _, smin_full, _ = lanczos_singular_values(F, z, iters=d, tol=0.0, generator=gen, shift_identity=True)
+    torch.testing.assert_close(smin_full, smin_brute, rtol=1e-6, atol=0)
+    assert (power_iteration_norm(F, z, iters=50, generator=gen) <= L_brute * (1 + 1e-9)).all()
+
+
+def test_jacobian_of_the_mog_oracle_matches_its_closed_form():
+    m = GaussianMixture(torch.tensor([[2.0, 0.0, 1.0], [-1.0, 1.0, 0.0], [0.0, -2.0, 0.5]], dtype=torch.float64), 0.5)
+    alpha, sigma = 0.6, 0.8
+    F = lambda x: m.denoise(x, alpha, sigma)  # noqa: E731
+    x = points(3, n=6)
+    closed = torch.linalg.matrix_norm(m.denoise_jacobian(x, alpha, sigma), ord=2)
+    torch.testing.assert_close(exact_singular_values(F, x)[:, 0], closed, rtol=1e-10, atol=0)
+
+
+def test_b_sq_exact_matches_a_loop_and_is_bracketed():
+    d = 6
+    F, z = silu_mlp(d, scale=1.5), points(d, n=3)
+    b_sq, frob_sq = exact_b_sq(F, z)
+    for b, zb in enumerate(z):
+        total_op, total_f = 0.0, 0.0
+        for i in range(d):
+            h = torch.autograd.functional.hessian(lambda zi, i=i: F(zi[None])[0, i], zb)
+            total_op += torch.linalg.eigvalsh(h).abs().max().item() ** 2
+            total_f += (h**2).sum().item()
+        assert b_sq[b].item() == pytest.approx(total_op, rel=1e-10)
+        assert frob_sq[b].item() == pytest.approx(total_f, rel=1e-10)
+    gen = torch.Generator().manual_seed(0)
+    mean, se = hutchinson_frobenius(F, z, probes=400, generator=gen)
+    assert ((mean - frob_sq).abs() <= 3 * se).all(), (mean, se, frob_sq)
+    lower = b_sq_lower_bound(F, z, generator=gen)
+    assert (lower <= b_sq * (1 + 1e-9)).all() and (lower > 0.2 * b_sq).all()
+
+
+def test_every_link_of_the_chain_holds():
+    d = 8
+    gen = torch.Generator().manual_seed(3)
+    for scale in (0.3, 1.0, 2.0):
+        F = silu_mlp(d, scale=scale, seed=int(scale * 10))
+        z = torch.randn(5, d, generator=gen, dtype=torch.float64)
+        x = z + F(z) + 0.3 * torch.randn(5, d, generator=gen, dtype=torch.float64)  # small residuals
+        chain = bound_chain(F, x, z, sigma=0.7)
+        tol = 1e-9
+        assert (chain["true"] >= chain["link_sigma_min"] - tol).all()
+        assert (chain["link_sigma_min"] >= chain["margin"] - tol).all()
+        assert (chain["margin"] >= chain["margin_frobenius"] - tol).all()
+
+
+def test_the_papers_margin_can_claim_convexity_that_is_false():
+    # F(z) = h z²/2 in 1-D at z = 0 with x = 3: L = 0, R = 3, B_sq = h² = 0.25, and
+    # σ²g'' = 1 + r·h = 1 − 1.5 < 0, while the paper's 1 − R·B_sq = 0.25 > 0.
+    h = 0.5
+    F = lambda z: 0.5 * h * z**2  # noqa: E731
+    z = torch.zeros(1, 1, dtype=torch.float64)
+    x = torch.full((1, 1), 3.0, dtype=torch.float64)
+    chain = bound_chain(F, x, z, sigma=1.0)
+    assert chain["paper_margin"].item() == pytest.approx(0.25)
+    assert chain["true"].item() == pytest.approx(-0.5)
+    assert chain["margin"].item() == pytest.approx(-0.5)  # the corrected form is tight here
