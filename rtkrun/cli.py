@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "train a denoiser, then sample and score it (default: the 2-D mixture of Gaussians)",
     "sample": "sample a checkpoint (ckpt=...) or an exact model with any sampler, and score it",
     "evaluate": "score saved samples (samples=...)",
+    "diagnose": "regularity of the DDDM map along sampler trajectories and at data-derived x_t",
 }
 log = logging.getLogger("rtkrun")
 HYDRA_FLAGS_WITH_VALUE = {

@@ -142,7 +142,37 @@ class EvaluateRun:
     samples: str = "???"
 
 
-COMMANDS = {"train": TrainRun, "sample": SampleRun, "evaluate": EvaluateRun}
+@dataclass
+class DiagnosticsConfig:
+    n_points: int = 64  # samples whose trajectories (and data-derived points) are diagnosed
+    noise_levels: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.6, 0.9])  # data-derived x_t
+    trajectory: bool = True  # also diagnose every step of the sampler's trajectory
+    sigma: float | None = None  # σ of the proxy energy; None: σ(t) = √(1 − ᾱ_t)
+
+    def __post_init__(self) -> None:
+        _at_least(self, "n_points", 1)
+        if any(not 0 < t <= 1 for t in self.noise_levels):
+            raise ConfigError(f"noise_levels must lie in (0, 1], got {self.noise_levels}")
+        if self.sigma is not None:
+            _positive(self, "sigma")
+
+
+@dataclass
+class DiagnoseRun:
+    command: str
+    seed: int
+    device: str
+    dataset: Any
+    model: Any
+    schedule: Any
+    sampler: Any
+    logger: Any
+    evaluation: Any
+    diagnostics: Any
+    ckpt: str | None = None
+
+
+COMMANDS = {"train": TrainRun, "sample": SampleRun, "evaluate": EvaluateRun, "diagnose": DiagnoseRun}
 
 
 # -- range checks used by the schemas' __post_init__ ---------------------------------------------
@@ -211,6 +241,7 @@ def validate(cfg: DictConfig | dict) -> Any:
     rest = {k: v for k, v in container.items() if k not in groups}
     evaluation = rest.pop("evaluation", {})
     trainer = rest.pop("trainer", None)
+    diagnostics = rest.pop("diagnostics", None)
     typed = {k: typed_group(k, v) for k, v in groups.items()}
     typed_eval = _typed(EvaluationConfig, {**evaluation, "samplers": {}}, "evaluation")
     typed_eval.samplers = {
@@ -220,6 +251,8 @@ def validate(cfg: DictConfig | dict) -> Any:
     typed["evaluation"] = typed_eval
     if trainer is not None:
         typed["trainer"] = _typed(TrainerConfig, trainer, "trainer")
+    if diagnostics is not None:
+        typed["diagnostics"] = _typed(DiagnosticsConfig, diagnostics, "diagnostics")
     placeholders = {k: None for k in typed}
     run = _typed(top, {**rest, **placeholders}, "")
     for k, v in typed.items():

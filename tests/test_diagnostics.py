@@ -98,3 +98,23 @@ def test_the_papers_margin_can_claim_convexity_that_is_false():
     assert chain["paper_margin"].item() == pytest.approx(0.25)
     assert chain["true"].item() == pytest.approx(-0.5)
     assert chain["margin"].item() == pytest.approx(-0.5)  # the corrected form is tight here
+
+
+def test_diagnose_command_writes_points_summaries_and_histograms(tmp_path):
+    from rtkrun.commands import run_command
+    from tests.conftest import compose_cfg
+
+    train_dir, diag_dir = tmp_path / "train", tmp_path / "diag"
+    run_command(compose_cfg("train", ["trainer.max_steps=200", "~evaluation.samplers"]), train_dir)
+    overrides = [f"ckpt={train_dir}", "diagnostics.n_points=8", "diagnostics.noise_levels=[0.2,0.8]"]
+    metrics = run_command(compose_cfg("diagnose", overrides), diag_dir)
+    lines = (diag_dir / "diagnostics" / "points.csv").read_text().splitlines()
+    # 2 data-derived levels + the DDDM trajectory (2 levels x 3 iterations), 8 points each
+    assert len(lines) == 1 + 8 * (2 + 6) and metrics["points"] == 64
+    assert (diag_dir / "diagnostics" / "histograms.png").is_file()
+    for key in ("diag/data/t=0.2/L/median", "diag/data/t=0.8/certified", "diag/trajectory/dddm/t=1/paper_false_claims"):
+        assert key in metrics
+    header = lines[0].split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(",")))
+        assert float(row["true"]) >= float(row["link_sigma_min"]) - 1e-8 >= float(row["margin"]) - 2e-8

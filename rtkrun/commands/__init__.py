@@ -65,7 +65,7 @@ def preflight(cfg: DictConfig) -> Any:
         run_dir = Path(str(hydra_cfg.run.dir))
         if run.command == "train":
             check_resume_compatible(run, run_dir)
-        if run.command == "sample" and run.ckpt is not None:
+        if run.command in ("sample", "diagnose") and run.ckpt is not None:
             resolve_checkpoint(run.ckpt)
         existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
         import os
@@ -88,6 +88,10 @@ def run_command(cfg: DictConfig, run_dir: Path) -> Any:
         from rtkrun.commands.sample import sample
 
         return sample(run, run_dir)
+    if run.command == "diagnose":
+        from rtkrun.commands.diagnose import diagnose
+
+        return diagnose(run, run_dir)
     from rtkrun.commands.evaluate import evaluate
 
     return evaluate(run, run_dir)

@@ -16,14 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 import rtkrun
 from rtkrun import runs
+from rtkrun.config import typed_group
 from rtkrun.data import DATASETS
 from rtkrun.diffusion.schedules import build_schedule
 from rtkrun.errors import RtkrunError
 from rtkrun.metrics import mog as mog_metrics
-from rtkrun.models import MODELS
+from rtkrun.models import MODELS, needs_training
 from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.seeding import SampleNoise
 
@@ -143,3 +145,43 @@ def provenance(seed: int) -> dict[str, Any]:
 
 def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+FIXED_BY_CHECKPOINT = ("dataset", "model", "schedule")
+
+
+def _overridden_groups() -> list[str]:
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # not under Hydra (tests calling a command directly)
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    return [k for k in keys if k.split(".")[0] in FIXED_BY_CHECKPOINT]
+
+
+def load_trained_parts(run):
+    """(dataset, schedule, model) for ``sample`` and ``diagnose``: from ``run.ckpt`` (which fixes
+    dataset, model and schedule; its EMA weights), or a model that needs no training."""
+    state = None
+    if run.ckpt is not None:
+        clash = _overridden_groups()
+        if clash:
+            raise RtkrunError(f"ckpt={run.ckpt} fixes dataset, model and schedule; drop the override {clash[0]}")
+        state = runs.load_checkpoint(run.ckpt)
+        for group in FIXED_BY_CHECKPOINT:
+            setattr(run, group, typed_group(group, state["config"][group], f"checkpoint {group}"))
+    dataset, schedule, model = build_parts(run, run.seed)
+    if state is not None:
+        try:
+            model.load_state_dict(state["ema"])
+        except RuntimeError as e:
+            raise RtkrunError(
+                f"checkpoint {run.ckpt} does not fit model {run.model.name}: {str(e).splitlines()[0]}"
+            ) from None
+        log.info("loaded the EMA weights of %s (step %d)", runs.resolve_checkpoint(run.ckpt), state["step"])
+    elif needs_training(model):
+        raise RtkrunError(
+            f"model={run.model.name} must be trained first: pass ckpt=<train run directory>, "
+            "or use a model that needs no training (model=mog_oracle)"
+        )
+    return dataset, schedule, model

@@ -7,61 +7,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-
 from rtkrun import runs
 from rtkrun.commands.common import (
-    build_parts,
     draw_samples,
     flatten,
+    load_trained_parts,
     provenance,
     resolve_device,
     save_samples,
     score,
 )
-from rtkrun.config import typed_group
 from rtkrun.data import DATASETS
-from rtkrun.errors import RtkrunError
-from rtkrun.models import needs_training
 
 log = logging.getLogger("rtkrun")
-FIXED_BY_CHECKPOINT = ("dataset", "model", "schedule")
-
-
-def _overridden_groups() -> list[str]:
-    try:
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # not under Hydra (tests calling sample() directly)
-        return []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    return [k for k in keys if k.split(".")[0] in FIXED_BY_CHECKPOINT]
 
 
 def sample(run, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(run.device)
-    state = None
-    if run.ckpt is not None:
-        clash = _overridden_groups()
-        if clash:
-            raise RtkrunError(f"ckpt={run.ckpt} fixes dataset, model and schedule; drop the override {clash[0]}")
-        state = runs.load_checkpoint(run.ckpt)
-        saved = state["config"]
-        for group in FIXED_BY_CHECKPOINT:
-            setattr(run, group, typed_group(group, saved[group], f"checkpoint {group}"))
-    dataset, schedule, model = build_parts(run, run.seed)
-    if state is not None:
-        try:
-            model.load_state_dict(state["ema"])
-        except RuntimeError as e:
-            raise RtkrunError(
-                f"checkpoint {run.ckpt} does not fit model {run.model.name}: {str(e).splitlines()[0]}"
-            ) from None
-        log.info("loaded the EMA weights of %s (step %d)", runs.resolve_checkpoint(run.ckpt), state["step"])
-    elif needs_training(model):
-        raise RtkrunError(
-            f"model={run.model.name} must be trained first: pass ckpt=<train run directory>, "
-            "or use a model that needs no training (model=mog_oracle)"
-        )
+    dataset, schedule, model = load_trained_parts(run)
     model = model.to(device)
     samples, info = draw_samples(
         model,

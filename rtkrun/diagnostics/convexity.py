@@ -11,32 +11,33 @@ import torch
 from torch.func import hessian, vmap
 
 from rtkrun.diagnostics.hessian import exact_b_sq, residual_weighted_hessian_norm
-from rtkrun.diagnostics.jacobian import BatchMap, exact_singular_values
+from rtkrun.diagnostics.jacobian import BatchMap, exact_singular_values, single
 
 
-def exact_lambda_min(F: BatchMap, x: torch.Tensor, z: torch.Tensor, sigma: float) -> torch.Tensor:
+def exact_lambda_min(F: BatchMap, x: torch.Tensor, z: torch.Tensor, sigma: float, context: tuple = ()):
     """λ_min(∇²g) per sample, exact (float64 eigvalsh of the full Hessian)."""
+    f = single(F)
 
-    def g(zi, xi):
-        r = zi - xi + F(zi[None])[0]
+    def g(zi, xi, *ci):
+        r = zi - xi + f(zi, *ci)
         return (r**2).sum() / (2 * sigma**2)
 
-    return torch.linalg.eigvalsh(vmap(hessian(g))(z, x))[:, 0]
+    return torch.linalg.eigvalsh(vmap(hessian(g))(z, x, *context))[:, 0]
 
 
-def bound_chain(F: BatchMap, x: torch.Tensor, z: torch.Tensor, sigma: float) -> dict[str, torch.Tensor]:
-    """Every quantity and link of the chain per sample, on the exact (small-d) path."""
-    r = z - x + F(z)
+def bound_chain(F: BatchMap, x: torch.Tensor, z: torch.Tensor, sigma: float, context: tuple = ()):
+    """Every quantity and link of the chain per sample (dict of (B,) tensors), exact small-d path.
+    ``F(z, *context)`` is the map; ``context`` holds per-sample tensors such as (x_t, t)."""
+    r = z - x + F(z, *context)
     R = r.flatten(1).norm(dim=1)
-    sv = exact_singular_values(F, z)
-    L = sv[:, 0]
-    sigma_min = exact_singular_values(F, z, shift_identity=True)[:, -1]
-    b_sq, frob_sq = exact_b_sq(F, z)
-    weighted = residual_weighted_hessian_norm(F, z, r)
+    L = exact_singular_values(F, z, context=context)[:, 0]
+    sigma_min = exact_singular_values(F, z, shift_identity=True, context=context)[:, -1]
+    b_sq, frob_sq = exact_b_sq(F, z, context)
+    weighted = residual_weighted_hessian_norm(F, z, r, context)
     plus = (1 - L).clamp_min(0) ** 2
     s2 = sigma**2
     links = {
-        "true": exact_lambda_min(F, x, z, sigma),
+        "true": exact_lambda_min(F, x, z, sigma, context),
         "link_sigma_min": (sigma_min**2 - weighted) / s2,
         "margin": (plus - R * b_sq.sqrt()) / s2,
         "margin_frobenius": (plus - R * frob_sq.sqrt()) / s2,

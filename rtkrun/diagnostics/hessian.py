@@ -7,18 +7,18 @@ from __future__ import annotations
 import torch
 from torch.func import hessian, jacfwd, jacrev, jvp, vmap
 
-from rtkrun.diagnostics.jacobian import BatchMap
+from rtkrun.diagnostics.jacobian import BatchMap, _bind, single
 
 
-def exact_hessians(F: BatchMap, z: torch.Tensor) -> torch.Tensor:
+def exact_hessians(F: BatchMap, z: torch.Tensor, context: tuple = ()) -> torch.Tensor:
     """(B, d_out, d, d): H[b, i] = ∇²F_i at z[b]."""
-    return vmap(jacfwd(jacrev(lambda zi: F(zi[None])[0])))(z)
+    return vmap(jacfwd(jacrev(single(F))))(z, *context)
 
 
-def exact_b_sq(F: BatchMap, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_b_sq(F: BatchMap, z: torch.Tensor, context: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """(B_sq = Σ_i ‖H_i‖²_op, Σ_i ‖H_i‖²_F) per sample, from the full tensor (symmetric H_i:
     operator norm = largest |eigenvalue|)."""
-    hess = exact_hessians(F, z)
+    hess = exact_hessians(F, z, context)
     op = torch.linalg.eigvalsh(hess).abs().amax(-1)
     return (op**2).sum(-1), (hess**2).sum((-1, -2, -3))
 
@@ -28,10 +28,12 @@ def second_directional(F: BatchMap, z: torch.Tensor, u: torch.Tensor, v: torch.T
     return jvp(lambda y: jvp(F, (y,), (u,))[1], (z,), (v,))[1]
 
 
-def hutchinson_frobenius(F: BatchMap, z: torch.Tensor, probes: int = 64, generator: torch.Generator | None = None):
+def hutchinson_frobenius(
+    F: BatchMap, z: torch.Tensor, probes: int = 64, generator: torch.Generator | None = None, context: tuple = ()
+):
     """Unbiased Σ_i ‖H_i‖²_F = E‖D²F[u, v]‖² with independent Rademacher u, v; returns
     (mean, standard error) per sample over ``probes`` pairs (2 nested jvps each)."""
-    z = z.detach()
+    z, F = z.detach(), _bind(F, context)
     draws = []
     for _ in range(probes):
         u = torch.randint(0, 2, z.shape, generator=generator).to(z) * 2 - 1
@@ -42,11 +44,16 @@ def hutchinson_frobenius(F: BatchMap, z: torch.Tensor, probes: int = 64, generat
 
 
 def b_sq_lower_bound(
-    F: BatchMap, z: torch.Tensor, restarts: int = 8, steps: int = 20, generator: torch.Generator | None = None
+    F: BatchMap,
+    z: torch.Tensor,
+    restarts: int = 8,
+    steps: int = 20,
+    generator: torch.Generator | None = None,
+    context: tuple = (),
 ) -> torch.Tensor:
     """max over unit u of ‖D²F[u, u]‖² ≤ Σ_i ‖H_i‖²_op = B_sq, maximised by projected ascent
     from random starts; any u gives a valid lower bound, the ascent only tightens it."""
-    z = z.detach()
+    z, F = z.detach(), _bind(F, context)
     best = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
     for _ in range(restarts):
         u = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
@@ -61,8 +68,8 @@ def b_sq_lower_bound(
     return best
 
 
-def residual_weighted_hessian_norm(F: BatchMap, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def residual_weighted_hessian_norm(F: BatchMap, z: torch.Tensor, r: torch.Tensor, context: tuple = ()):
     """‖Σ_i r_i H_i‖₂ per sample (exact, small d): the Hessian of ⟨stopgrad(r), F(z)⟩."""
-    r = r.detach()
-    hess = vmap(hessian(lambda zi, ri: (ri * F(zi[None])[0]).sum()))(z, r)
+    f = single(F)
+    hess = vmap(hessian(lambda zi, ri, *ci: (ri * f(zi, *ci)).sum()))(z, r.detach(), *context)
     return torch.linalg.eigvalsh(hess).abs().amax(-1)

@@ -8,20 +8,29 @@ from collections.abc import Callable
 import torch
 from torch.func import jacrev, jvp, vjp, vmap
 
-BatchMap = Callable[[torch.Tensor], torch.Tensor]
+BatchMap = Callable[..., torch.Tensor]  # F(z, *context) -> (B, d); row i depends on row i only
 
 
-def exact_jacobian(F: BatchMap, z: torch.Tensor) -> torch.Tensor:
+def single(F: BatchMap) -> Callable[..., torch.Tensor]:
+    """F on one sample (z_i, *context_i), for vmap of jacrev/hessian."""
+    return lambda zi, *ci: F(zi[None], *(c[None] for c in ci))[0]
+
+
+def exact_jacobian(F: BatchMap, z: torch.Tensor, context: tuple = ()) -> torch.Tensor:
     """Per-sample Jacobians (B, d, d) of a row-independent map, by vmap(jacrev)."""
-    return vmap(jacrev(lambda zi: F(zi[None])[0]))(z)
+    return vmap(jacrev(single(F)))(z, *context)
 
 
-def exact_singular_values(F: BatchMap, z: torch.Tensor, shift_identity: bool = False) -> torch.Tensor:
+def exact_singular_values(F: BatchMap, z: torch.Tensor, shift_identity: bool = False, context: tuple = ()):
     """Singular values (B, d) of J (or of I + J), descending."""
-    jac = exact_jacobian(F, z)
+    jac = exact_jacobian(F, z, context)
     if shift_identity:
         jac = jac + torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
     return torch.linalg.svdvals(jac)
+
+
+def _bind(F: BatchMap, context: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
+    return (lambda zz: F(zz, *context)) if context else F
 
 
 def _bnorm(v: torch.Tensor) -> torch.Tensor:
@@ -47,12 +56,14 @@ def lanczos_singular_values(
     tol: float = 1e-8,
     generator: torch.Generator | None = None,
     shift_identity: bool = False,
+    context: tuple = (),
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(σ_max, σ_min of the Krylov bidiagonal, iterations used) per sample, by Golub–Kahan–
     Lanczos with full reorthogonalisation (Golub & Van Loan, Alg. 10.4.1). σ_max converges
     from below; the loop stops once every sample's σ_max estimate changes by < tol (relative).
     ``shift_identity`` works on I + J. One jvp and one vjp (about 3 forward passes) per step."""
     z = z.detach()
+    F = _bind(F, context)
     _, vjp_fn = vjp(F, z)
 
     def matvec(v):
@@ -96,10 +107,13 @@ def lanczos_singular_values(
     return s[:, 0], s[:, -1], k
 
 
-def power_iteration_norm(F: BatchMap, z: torch.Tensor, iters: int = 30, generator: torch.Generator | None = None):
+def power_iteration_norm(
+    F: BatchMap, z: torch.Tensor, iters: int = 30, generator: torch.Generator | None = None, context: tuple = ()
+):
     """‖J‖₂ by power iteration on JᵀJ (an underestimate that stalls when the top two singular
     values are close; kept for comparison with Lanczos)."""
     z = z.detach()
+    F = _bind(F, context)
     _, vjp_fn = vjp(F, z)
     v = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
     v = _bscale(v, 1 / _bnorm(v))
