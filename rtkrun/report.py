@@ -156,3 +156,46 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r.get("nfe") or 0,
         ),
     )
+
+
+T3_COLUMNS = [
+    "model",
+    "dim",
+    "source",
+    "t",
+    "n",
+    "L/median",
+    "L/p90",
+    "sigma_min/median",
+    "R/median",
+    "B_sq/median",
+    "margin/median",
+    "paper_margin/median",
+    "true/median",
+    "certified",
+    "paper_certified",
+    "strongly_convex",
+    "paper_false_claims",
+    "run_dir",
+]
+
+
+def diagnose_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """T3 rows of one ``rtkrun diagnose`` run: one per (source, noise level)."""
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        return [{"run_dir": str(run_dir), "source": "failed or unfinished"}]
+    m = json.loads(metrics_path.read_text())
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in m.items():
+        if key.startswith("diag/"):
+            head, t_stat = key[len("diag/") :].split("/t=", 1)
+            t, _, stat = t_stat.partition("/")
+            row = groups.setdefault(f"{head}|{t}", {"source": head, "t": float(t)})
+            row[stat] = value
+    base = {
+        "model": "learned" if m.get("ckpt") else m.get("model"),
+        "dim": m.get("dataset/dim"),
+        "run_dir": str(run_dir),
+    }
+    return [{**base, **row} for row in sorted(groups.values(), key=lambda r: (r["source"], -r["t"]))]
