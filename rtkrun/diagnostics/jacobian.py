@@ -16,14 +16,17 @@ def single(F: BatchMap) -> Callable[..., torch.Tensor]:
     return lambda zi, *ci: F(zi[None], *(c[None] for c in ci))[0]
 
 
-def exact_jacobian(F: BatchMap, z: torch.Tensor, context: tuple = ()) -> torch.Tensor:
-    """Per-sample Jacobians (B, d, d) of a row-independent map, by vmap(jacrev)."""
-    return vmap(jacrev(single(F)))(z, *context)
+def exact_jacobian(F: BatchMap, z: torch.Tensor, context: tuple = (), chunk_size: int | None = None) -> torch.Tensor:
+    """Per-sample Jacobians (B, d, d) of a row-independent map, by vmap(jacrev); ``chunk_size``
+    bounds how many vjps run at once (memory at large d)."""
+    return vmap(jacrev(single(F), chunk_size=chunk_size))(z, *context)
 
 
-def exact_singular_values(F: BatchMap, z: torch.Tensor, shift_identity: bool = False, context: tuple = ()):
+def exact_singular_values(
+    F: BatchMap, z: torch.Tensor, shift_identity: bool = False, context: tuple = (), chunk_size: int | None = None
+):
     """Singular values (B, d) of J (or of I + J), descending."""
-    jac = exact_jacobian(F, z, context)
+    jac = exact_jacobian(F, z, context, chunk_size)
     if shift_identity:
         jac = jac + torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
     return torch.linalg.svdvals(jac)
