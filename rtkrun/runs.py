@@ -7,6 +7,7 @@ old file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -118,3 +119,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest (``md5``, ``sha1``, …) of a file, read in 4 MiB chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

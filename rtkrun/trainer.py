@@ -33,16 +33,18 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(seed, 1_000_000 + epoch)))
 
 
-def get_batch(dataset, indices: torch.Tensor) -> torch.Tensor:
+def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """Training examples at ``indices``; augmentation, where a dataset has it, is a pure function
+    of (seed, epoch, index) so that resume is exact."""
     if hasattr(dataset, "get_batch"):
-        return dataset.get_batch(indices)
+        return dataset.get_batch(indices, epoch=epoch, seed=seed)
     return torch.stack([dataset[int(i)][0] for i in indices])
 
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1.0 - decay)
+    """ema ← decay·ema + (1 − decay)·model, one fused call over all parameters."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
 
 
 def _rng_states() -> dict[str, Any]:
@@ -107,6 +109,14 @@ class Trainer:
         self.step = 0
         self.batch_size = min(tc.batch_size, len(dataset))
         self.steps_per_epoch = max(len(dataset) // self.batch_size, 1)
+        self.micro_batches = tc.grad_accum if self.batch_size % tc.grad_accum == 0 else 1
+        if hasattr(dataset, "to"):  # gather batches where the model lives
+            dataset.to(device)
+        if tc.channels_last:
+            model.to(memory_format=torch.channels_last)
+            self.ema.to(memory_format=torch.channels_last)
+        self.train_model = torch.compile(model) if tc.compile else model
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -168,12 +178,20 @@ class Trainer:
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(self.seed, epoch, len(self.dataset))
             index = order[position * self.batch_size : (position + 1) * self.batch_size]
-            x0 = get_batch(self.dataset, index).to(self.device, non_blocking=True)
             lr = tc.lr * min(1.0, (self.step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
-            loss = self.objective(self.model, LossInputs(x0, index.to(self.device), epoch), self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = torch.zeros((), device=self.device)
+            for micro in index.chunk(self.micro_batches):
+                x0 = get_batch(self.dataset, micro, epoch, self.seed).to(self.device, non_blocking=True)
+                with self.autocast:
+                    part = self.objective(
+                        self.train_model, LossInputs(x0, micro.to(self.device), epoch), self.generator
+                    )
+                (part / self.micro_batches).backward()
+                loss += part.detach() / self.micro_batches
             if not torch.isfinite(loss):
                 bar.close()
                 kept = (
@@ -185,8 +203,6 @@ class Trainer:
                     f"loss is {loss.item()} at step {self.step + 1}: training stopped and {kept}; "
                     "lower trainer.lr, raise trainer.warmup_steps or set trainer.grad_clip"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             self.optimizer.step()
@@ -199,13 +215,26 @@ class Trainer:
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                 last_loss = (loss_sum / loss_count).item()
                 rate = (self.step - start_step) / max(time.time() - start_time, 1e-9)
-                record = {"step": self.step, "loss": last_loss, "lr": lr, "steps_per_s": rate, "epoch": epoch}
+                record = {
+                    "step": self.step,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "steps_per_s": rate,
+                    "samples_per_s": rate * self.batch_size,
+                    "epoch": epoch,
+                }
                 runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
                 self.tracker.log(record)
-                bar.set_postfix(loss=f"{last_loss:.4g}")
+                bar.set_postfix(loss=f"{last_loss:.4g}", samples_per_s=f"{rate * self.batch_size:.0f}")
                 if bar.disable:
                     log.info(
-                        "step %d/%d  loss %.5g  lr %.2e  %.0f steps/s", self.step, tc.max_steps, last_loss, lr, rate
+                        "step %d/%d  loss %.5g  lr %.2e  %.2f steps/s  %.0f samples/s",
+                        self.step,
+                        tc.max_steps,
+                        last_loss,
+                        lr,
+                        rate,
+                        rate * self.batch_size,
                     )
                 loss_sum, loss_count = torch.zeros((), device=self.device), 0
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes

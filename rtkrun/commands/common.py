@@ -24,6 +24,7 @@ from rtkrun.config import typed_group
 from rtkrun.data import DATASETS
 from rtkrun.diffusion.schedules import build_schedule
 from rtkrun.errors import RtkrunError
+from rtkrun.metrics import images as image_metrics
 from rtkrun.metrics import mog as mog_metrics
 from rtkrun.models import MODELS, needs_training
 from rtkrun.samplers import SAMPLERS, settings_for
@@ -78,8 +79,9 @@ def draw_samples(
     return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats, "settings": settings}
 
 
-def score(dataset, samples: torch.Tensor, evaluation) -> dict[str, float]:
-    """The dataset's metrics of ``samples`` (each with its true-vs-true baseline)."""
+def score(dataset, samples: torch.Tensor, evaluation, device: torch.device | None = None) -> dict[str, Any]:
+    """The dataset's metrics of ``samples``: for the MoG each with its true-vs-true baseline; for
+    images FID with its sample count."""
     if dataset.cfg.name == "mog":
         return mog_metrics.score_samples(
             dataset.mixture,
@@ -89,13 +91,27 @@ def score(dataset, samples: torch.Tensor, evaluation) -> dict[str, float]:
             w2_max_n=evaluation.w2_max_n,
             mmd_max_n=evaluation.mmd_max_n,
         )
+    if dataset.cfg.name == "cifar10":
+        return image_metrics.score_samples(
+            dataset, samples, evaluation.fid_weights, device or torch.device("cpu"), evaluation.fid_batch_size
+        )
     raise RtkrunError(f"no metrics for dataset {dataset.cfg.name}")
+
+
+def describe(scores: dict[str, Any]) -> str:
+    """One line for logs and picture titles."""
+    if "fid" in scores:
+        return f"FID {scores['fid']:.3f} (n={scores['fid_n']} vs {scores['fid_reference_n']} training images)"
+    return (
+        f"sliced W2 {scores['sliced_w2']:.4g} (true vs true {scores['baseline/sliced_w2']:.4g}), "
+        f"mode TV {scores['mode_tv']:.3g}"
+    )
 
 
 def save_samples(
     path: Path, samples: torch.Tensor, *, seed: int, dataset_cfg, sampler_cfg, nfe: int, dataset=None, title: str = ""
 ) -> None:
-    """``<path>.npz`` (samples, seed, configs) and ``<path>.png`` (scatter plot), atomically."""
+    """``<path>.npz`` (samples, seed, configs) and ``<path>.png`` (the dataset's picture), atomically."""
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -106,10 +122,10 @@ def save_samples(
         sampler_config=json.dumps(dataclasses.asdict(sampler_cfg)) if sampler_cfg is not None else "{}",
     )
     runs.atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-    if dataset is not None and hasattr(dataset, "mixture"):
+    if dataset is not None:
         png = path.with_suffix(".png")
         tmp = png.with_name(f".{png.stem}.tmp.png")
-        DATASETS[dataset_cfg.name][1].plot_samples(samples, dataset.mixture, tmp, title=title)
+        DATASETS[dataset_cfg.name][1].save_picture(samples, dataset, tmp, title=title)
         tmp.replace(png)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from rtkrun import runs
-from rtkrun.commands.common import build_dataset, flatten, provenance, score
+from rtkrun.commands.common import build_dataset, describe, flatten, provenance, resolve_device, score
 from rtkrun.config import typed_group
 from rtkrun.errors import RtkrunError
 
@@ -52,10 +52,8 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
         raise RtkrunError(
             f"{path} holds samples of shape {tuple(x0.shape[1:])}, the dataset expects {tuple(dataset.sample_shape)}"
         )
-    scores = score(dataset, x0, run.evaluation)
+    scores = score(dataset, x0, run.evaluation, resolve_device(run.device))
     metrics = {"status": "complete", **provenance(run.seed), "samples": str(path), **flatten("evaluate", scores)}
     runs.write_json(run_dir / "metrics.json", metrics)
-    log.info(
-        "sliced W2 %.4g (true vs true %.4g); %s", scores["sliced_w2"], scores["baseline/sliced_w2"], run_dir.resolve()
-    )
+    log.info("%s; %s", describe(scores), run_dir.resolve())
     return metrics

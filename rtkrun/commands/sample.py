@@ -4,11 +4,13 @@ write ``samples/samples.npz`` + a picture, and score the samples into ``metrics.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 from rtkrun import runs
 from rtkrun.commands.common import (
+    describe,
     draw_samples,
     flatten,
     load_trained_parts,
@@ -37,7 +39,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         run.seed,
         device,
     )
-    scores = score(dataset, samples, run.evaluation)
+    scores = score(dataset, samples, run.evaluation, device)
     save_samples(
         run_dir / "samples" / "samples",
         samples,
@@ -46,8 +48,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         sampler_cfg=run.sampler,
         nfe=info["nfe"],
         dataset=dataset,
-        title=f"{run.sampler.name}, NFE {info['nfe']}: sliced W2 {scores['sliced_w2']:.3g} "
-        f"(true vs true {scores['baseline/sliced_w2']:.3g})",
+        title=f"{run.sampler.name}, NFE {info['nfe']}: {describe(scores)}",
     )
     metrics = {
         "status": "complete",
@@ -59,19 +60,11 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         "ckpt": run.ckpt,
         "nfe_budget": run.sampler.nfe,
         "dataset/name": run.dataset.name,
-        "dataset/dim": dataset.sample_shape[0],
+        "dataset/dim": math.prod(dataset.sample_shape),
         **flatten("settings", info["settings"]),
         **flatten("stats", {k: v for k, v in info["stats"].items() if k in ("acceptance", "contraction", "residual")}),
         **flatten("sample", scores),
     }
     runs.write_json(run_dir / "metrics.json", metrics)
-    log.info(
-        "%s NFE %d: sliced W2 %.4g (true vs true %.4g), mode TV %.3g; %s",
-        run.sampler.name,
-        info["nfe"],
-        scores["sliced_w2"],
-        scores["baseline/sliced_w2"],
-        scores["mode_tv"],
-        run_dir.resolve(),
-    )
+    log.info("%s NFE %d: %s; %s", run.sampler.name, info["nfe"], describe(scores), run_dir.resolve())
     return metrics

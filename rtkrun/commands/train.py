@@ -13,6 +13,7 @@ import torch
 from rtkrun import runs
 from rtkrun.commands.common import (
     build_parts,
+    describe,
     draw_samples,
     flatten,
     provenance,
@@ -69,7 +70,7 @@ def train(run, run_dir: Path) -> dict[str, Any]:
             ev.seed,
             device,
         )
-        scores = score(dataset, samples, ev)
+        scores = score(dataset, samples, ev, device)
         save_samples(
             run_dir / "samples" / label,
             samples,
@@ -78,18 +79,10 @@ def train(run, run_dir: Path) -> dict[str, Any]:
             sampler_cfg=sampler_cfg,
             nfe=info["nfe"],
             dataset=dataset,
-            title=f"{label}: sliced W2 {scores['sliced_w2']:.3g} (true vs true {scores['baseline/sliced_w2']:.3g})",
+            title=f"{label}: {describe(scores)}",
         )
         metrics.update(flatten(f"eval/{label}", {**scores, "nfe": info["nfe"], "seconds": info["seconds"]}))
-        log.info(
-            "%s: sliced W2 %.4g (true vs true %.4g), mode TV %.3g, NFE %d, %.2f s",
-            label,
-            scores["sliced_w2"],
-            scores["baseline/sliced_w2"],
-            scores["mode_tv"],
-            info["nfe"],
-            info["seconds"],
-        )
+        log.info("%s: %s, NFE %d, %.2f s", label, describe(scores), info["nfe"], info["seconds"])
     if run.model.name == "mog_student":
         symmetric = run.model.symmetric
         learned = eval_model.mu if symmetric else eval_model.means

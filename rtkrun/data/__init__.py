@@ -1,6 +1,6 @@
 """Datasets: each gives a torch Dataset of (x0, global index), its sample shape, the prior noise
 and which metrics score its samples. ``DATASETS`` maps a config name to (schema, module)."""
 
-from rtkrun.data import mog
+from rtkrun.data import cifar10, mog
 
-DATASETS = {"mog": (mog.MogConfig, mog)}
+DATASETS = {"mog": (mog.MogConfig, mog), "cifar10": (cifar10.Cifar10Config, cifar10)}

@@ -180,8 +180,8 @@ class MogDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.data[index], index
 
-    def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        """Fast path for in-memory data: the rows at ``indices``."""
+    def get_batch(self, indices: torch.Tensor, epoch: int | None = None, seed: int = 0) -> torch.Tensor:
+        """Fast path for in-memory data: the rows at ``indices`` (no augmentation)."""
         return self.data[indices]
 
     @property
@@ -238,3 +238,7 @@ def plot_samples(samples: torch.Tensor, mixture: GaussianMixture, path, title: s
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def save_picture(samples: torch.Tensor, dataset: MogDataset, path, title: str = "") -> None:
+    plot_samples(samples, dataset.mixture, path, title=title)

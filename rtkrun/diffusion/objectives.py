@@ -114,18 +114,22 @@ class Objective:
         return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c)).mean()
 
     def _dddm(self, model, x0, x_t, t, batch: LossInputs, generator, weight: torch.Tensor) -> torch.Tensor:
-        z = self.buffer.read(batch.index)
+        z = self.buffer.read(batch.index).to(x0.dtype)
         use_estimate = torch.rand(x0.shape[0], generator=generator, device=x0.device) >= self.null_estimate_prob
-        # Null rows take the model's own z=None path rather than a faked zero estimate, so the
-        # batch is split into two calls.
-        x0_hat = torch.empty_like(x0)
-        if use_estimate.any():
-            x0_hat[use_estimate] = model(x_t[use_estimate], t[use_estimate], z[use_estimate])
-        if (~use_estimate).any():
-            x0_hat[~use_estimate] = model(x_t[~use_estimate], t[~use_estimate], None)
+        # Null rows take the model's own z=None path rather than a faked zero estimate: in one
+        # call when the model takes a per-sample estimate mask, else by splitting the batch.
+        if getattr(model, "accepts_estimate_mask", False):
+            x0_hat = model(x_t, t, z, estimate_mask=use_estimate).to(x0.dtype)
+        else:
+            x0_hat = torch.empty_like(x0)
+            if use_estimate.any():
+                x0_hat[use_estimate] = model(x_t[use_estimate], t[use_estimate], z[use_estimate])
+            if (~use_estimate).any():
+                x0_hat[~use_estimate] = model(x_t[~use_estimate], t[~use_estimate], None)
         w = self.data_weight(batch.epoch)
         data_term = distance(x0_hat, x0, self.distance_kind, self.huber_c)
         estimate_term = distance(x0_hat, z, self.distance_kind, self.huber_c)
         loss = torch.where(use_estimate, w * data_term + (1 - w) * estimate_term, data_term)
-        self.buffer.write(batch.index[use_estimate], x0_hat[use_estimate])
+        # Null rows write their old estimate back: no boolean indexing, so no host sync.
+        self.buffer.write(batch.index, torch.where(use_estimate.view(-1, *[1] * (x0.ndim - 1)), x0_hat.detach(), z))
         return (weight * loss).mean()

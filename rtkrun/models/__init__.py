@@ -1,17 +1,24 @@
 """Denoisers: ``forward(x_t, t, z=None) -> x0_hat``. ``MODELS`` maps a config name to
 (schema, builder(cfg, dataset, schedule))."""
 
-from rtkrun.models import mlp, oracle, student
+from rtkrun.models import mlp, oracle, student, unet
 
 MODELS = {
     "mog_mlp": (mlp.MogMLPConfig, mlp.build),
     "mog_oracle": (oracle.MogOracleConfig, oracle.build),
     "mog_student": (student.MogStudentConfig, student.build),
     "mog_flow_oracle": (oracle.MogFlowOracleConfig, oracle.build_flow),
+    "dddm_unet": (unet.UNetConfig, unet.build),
 }
 
 # Which datasets each model can serve (checked before any work starts).
-MODEL_DATASETS = {"mog_mlp": {"mog"}, "mog_oracle": {"mog"}, "mog_student": {"mog"}, "mog_flow_oracle": {"mog"}}
+MODEL_DATASETS = {
+    "mog_mlp": {"mog"},
+    "mog_oracle": {"mog"},
+    "mog_student": {"mog"},
+    "mog_flow_oracle": {"mog"},
+    "dddm_unet": {"cifar10"},
+}
 
 
 def needs_training(model) -> bool:

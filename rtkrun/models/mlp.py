@@ -15,14 +15,14 @@ log-SNR λ(t) rather than t, which resolves the small-noise end where samples ge
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from rtkrun.diffusion.schedules import LOG_SNR_LIMIT, VPSchedule
+from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
+from rtkrun.models.precond import HEADS, NoiseLevelFeatures, apply_head, input_scale, noise_level
 
 
 @dataclass
@@ -34,24 +34,11 @@ class MogMLPConfig:
     head: str = "edm"  # edm: x0 = c_skip·x_t/α + c_out·net (identity as σ → 0) | dddm: x0 = x_t − net
 
     def __post_init__(self) -> None:
-        if self.head not in ("edm", "dddm"):
+        if self.head not in HEADS:
             raise ConfigError(f"head={self.head!r} is unknown; choose edm or dddm")
         for key in ("hidden", "depth", "time_features"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-
-
-class NoiseLevelFeatures(nn.Module):
-    """Fixed sinusoidal features of u = λ/LOG_SNR_LIMIT ∈ [−1, 1] at geometric frequencies."""
-
-    def __init__(self, n_features: int) -> None:
-        super().__init__()
-        half = max(n_features // 2, 1)
-        self.register_buffer("freqs", math.pi * torch.logspace(-1, 3, half, base=2.0))
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        angles = u[:, None] * self.freqs[None]
-        return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 class MogMLP(nn.Module):
@@ -76,19 +63,9 @@ class MogMLP(nn.Module):
             flag = x_t.new_ones(x_t.shape[0], 1)
         t = t.to(x_t.dtype).expand(x_t.shape[0]) if t.ndim == 0 else t.to(x_t.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
-        c_in = torch.rsqrt(alpha**2 * self.data_std**2 + sigma**2)[:, None]
-        u = self.schedule.log_snr(t) / LOG_SNR_LIMIT
-        features = torch.cat([c_in * x_t, z / self.data_std, flag, self.time(u)], dim=-1)
-        out = self.net(features)
-        if self.head == "dddm":
-            return x_t - out
-        # EDM (Karras et al. 2022, Table 1) in data space y = x_t/α with noise level σ_e = σ/α:
-        # c_skip = s_d²/(σ_e² + s_d²), c_out = σ_e s_d/√(σ_e² + s_d²); written with α, σ so that
-        # α = 0 stays finite. The DDDM map is still F = x_t − x0_hat.
-        v = (alpha**2 * self.data_std**2 + sigma**2)[:, None]
-        c_skip_over_alpha = alpha[:, None] * self.data_std**2 / v
-        c_out = sigma[:, None] * self.data_std / v.sqrt()
-        return c_skip_over_alpha * x_t + c_out * out
+        c_in = input_scale(alpha, sigma, self.data_std)[:, None]
+        features = torch.cat([c_in * x_t, z / self.data_std, flag, self.time(noise_level(self.schedule, t))], dim=-1)
+        return apply_head(self.head, x_t, self.net(features), alpha, sigma, self.data_std)
 
 
 def build(cfg: MogMLPConfig, dataset, schedule: VPSchedule) -> MogMLP:
