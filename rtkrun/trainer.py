@@ -156,6 +156,44 @@ class Trainer:
         self.step = int(state["step"])
 
     # -- the loop --------------------------------------------------------------------------------
+    def train_step(self, index: torch.Tensor, epoch: int) -> tuple[torch.Tensor, float]:
+        """Gradients of one optimizer step over ``index`` (in ``grad_accum`` micro-batches, under
+        autocast), clipped; returns (mean loss, learning rate). The caller checks the loss and
+        steps the optimizer, so a non-finite loss never reaches the weights."""
+        tc = self.cfg
+        lr = tc.lr * min(1.0, (self.step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=self.device)
+        for micro in index.chunk(self.micro_batches):
+            x0 = get_batch(self.dataset, micro, epoch, self.seed).to(self.device, non_blocking=True)
+            with self.autocast:
+                part = self.objective(self.train_model, LossInputs(x0, micro.to(self.device), epoch), self.generator)
+            (part / self.micro_batches).backward()
+            loss += part.detach() / self.micro_batches
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        return loss, lr
+
+    def step_once(self, index: torch.Tensor, epoch: int) -> tuple[torch.Tensor, float]:
+        """One full training step: gradients, the NaN guard, the optimizer and the EMA."""
+        loss, lr = self.train_step(index, epoch)
+        if not torch.isfinite(loss):
+            kept = (
+                f"the last good checkpoint {self.ckpt_path} is kept"
+                if self.ckpt_path.exists()
+                else "no checkpoint was written"
+            )
+            raise RtkrunError(
+                f"loss is {loss.item()} at step {self.step + 1}: training stopped and {kept}; "
+                "lower trainer.lr, raise trainer.warmup_steps or set trainer.grad_clip"
+            )
+        self.optimizer.step()
+        self.step += 1
+        update_ema(self.ema, self.model, min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step)))
+        return loss, lr
+
     def fit(self) -> dict[str, Any]:
         tc = self.cfg
         if tc.deterministic:
@@ -178,36 +216,11 @@ class Trainer:
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(self.seed, epoch, len(self.dataset))
             index = order[position * self.batch_size : (position + 1) * self.batch_size]
-            lr = tc.lr * min(1.0, (self.step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = torch.zeros((), device=self.device)
-            for micro in index.chunk(self.micro_batches):
-                x0 = get_batch(self.dataset, micro, epoch, self.seed).to(self.device, non_blocking=True)
-                with self.autocast:
-                    part = self.objective(
-                        self.train_model, LossInputs(x0, micro.to(self.device), epoch), self.generator
-                    )
-                (part / self.micro_batches).backward()
-                loss += part.detach() / self.micro_batches
-            if not torch.isfinite(loss):
+            try:
+                loss, lr = self.step_once(index, epoch)
+            except RtkrunError:
                 bar.close()
-                kept = (
-                    f"the last good checkpoint {self.ckpt_path} is kept"
-                    if self.ckpt_path.exists()
-                    else "no checkpoint was written"
-                )
-                raise RtkrunError(
-                    f"loss is {loss.item()} at step {self.step + 1}: training stopped and {kept}; "
-                    "lower trainer.lr, raise trainer.warmup_steps or set trainer.grad_clip"
-                )
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.optimizer.step()
-            self.step += 1
-            update_ema(self.ema, self.model, min(tc.ema_decay, (1 + self.step) / (10 + self.step)))
+                raise
             loss_sum += loss.detach()
             loss_count += 1
             bar.update(1)

@@ -268,3 +268,22 @@ def test_missing_or_wrong_weights_say_what_to_do(tmp_path):
     bogus.write_bytes(b"not inception")
     with pytest.raises(RtkrunError, match="SHA-1"):
         images.InceptionFeatures(str(bogus))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_unet_on_cuda_matches_cpu_float64_and_bf16_is_close():
+    torch.manual_seed(0)
+    model = small_unet().eval()
+    x, t, z = torch.randn(4, 3, 32, 32), torch.rand(4), torch.randn(4, 3, 32, 32)
+    mask = torch.tensor([True, False, True, True])
+    with torch.no_grad():
+        reference = model.double()(x.double(), t.double(), z.double(), estimate_mask=mask)
+        cuda = model.float().cuda()
+        torch.backends.cudnn.allow_tf32 = False
+        fp32 = cuda(x.cuda(), t.cuda(), z.cuda(), estimate_mask=mask.cuda()).cpu().double()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = cuda(x.cuda(), t.cuda(), z.cuda(), estimate_mask=mask.cuda()).float().cpu().double()
+    scale = reference.abs().max()
+    assert (fp32 - reference).abs().max() < 1e-4 * scale
+    assert (bf16 - reference).abs().max() < 5e-2 * scale
