@@ -44,11 +44,13 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA; weights and optimizer stay fp32)
     channels_last: bool = False  # NHWC memory format for image models (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the training forward/backward
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs: no per-kernel launch cost) | max-autotune
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the total per step
 
     def __post_init__(self) -> None:
         _choice(self, "objective", ("eps", "x0", "dddm"))
         _choice(self, "precision", ("fp32", "bf16"))
+        _choice(self, "compile_mode", ("default", "reduce-overhead", "max-autotune"))
         _at_least(self, "grad_accum", 1)
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")

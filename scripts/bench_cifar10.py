@@ -91,11 +91,26 @@ def make_trainer(args, dataset, schedule, device, precision: str, compile_: bool
         warmup_steps=0,
         ema_decay=0.9999,
         precision=precision,
-        channels_last=device.type == "cuda" and precision == "bf16",
+        channels_last=args.channels_last == "on",
         compile=compile_,
+        compile_mode=args.compile_mode,
     )
     run = SimpleNamespace(trainer=tc, seed=0)
     return Trainer(run, model, dataset, schedule, run_dir, device, {"model": {"name": "dddm_unet"}}, NullTracker())
+
+
+def profile_steps(trainer: Trainer, batches: list[torch.Tensor], device: torch.device) -> None:
+    """Print the kernels that take the most device time over a few steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for index in batches:
+            trainer.step_once(index, 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60), flush=True)
 
 
 def bench_training(args, dataset, schedule, device, run_dir: Path) -> list[dict]:
@@ -121,11 +136,14 @@ def bench_training(args, dataset, schedule, device, run_dir: Path) -> list[dict]
         with Timer(device) as timer:
             for index in batches[args.warmup :]:
                 trainer.step_once(index, 0)
+        if args.profile:
+            profile_steps(trainer, batches[args.warmup : args.warmup + 3], device)
         steps_per_s = args.steps / timer.seconds
         peak = bf16_peak(torch.cuda.get_device_name()) if device.type == "cuda" else None
         rows.append(
             {
-                "mode": f"{precision}{' + compile' if compile_ else ''}",
+                "mode": f"{precision}{f' + compile ({args.compile_mode})' if compile_ else ''}"
+                f"{', channels-last' if args.channels_last == 'on' else ''}",
                 "batch": args.batch,
                 "images_per_s": steps_per_s * args.batch,
                 "ms_per_step": 1000 / steps_per_s,
@@ -238,6 +256,9 @@ def main() -> None:
         "--modes", help="training modes, e.g. fp32,bf16,bf16+compile (default: all on CUDA, fp32 on CPU)"
     )
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
+    parser.add_argument("--channels-last", choices=["on", "off"], default="off")
+    parser.add_argument("--profile", action="store_true", help="print the top kernels of each training mode")
     parser.add_argument("--images", type=int, default=50_000, help="training images in the fake release")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write the Markdown table here (and .json beside it)")
