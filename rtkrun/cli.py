@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see rtkrun --help)")
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in rest):
         check_overrides(command, rest)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if command != "train":
+            fail(f"only `train` runs under torchrun (data parallel); run `rtkrun {command}` as one process")
+        if not any(a.startswith("hydra.run.dir=") for a in rest):
+            # each process would stamp its own time into the default run directory
+            fail("under torchrun pass hydra.run.dir=<dir> so that all processes share one run directory")
     sys.argv = [program, f"--config-name={command}", *rest]
     hydra_entry()
 

@@ -9,6 +9,7 @@ resumed run ends bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rtkrun import runs
+from rtkrun import distributed, runs
 from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective
 from rtkrun.errors import RtkrunError
 from rtkrun.seeding import sample_seed
@@ -113,12 +114,26 @@ class Trainer:
         self.batch_size = min(tc.batch_size, len(dataset))
         self.steps_per_epoch = max(len(dataset) // self.batch_size, 1)
         self.micro_batches = tc.grad_accum if self.batch_size % tc.grad_accum == 0 else 1
+        self.place = distributed.place()
+        if self.batch_size % (self.micro_batches * self.place.world):
+            raise RtkrunError(
+                f"trainer.batch_size={self.batch_size} must split evenly over {self.place.world} processes "
+                f"× {self.micro_batches} micro-batches; pick a multiple of {self.place.world * self.micro_batches}"
+            )
         if hasattr(dataset, "to"):  # gather batches where the model lives
             dataset.to(device)
         if tc.channels_last:
             model.to(memory_format=torch.channels_last)
             self.ema.to(memory_format=torch.channels_last)
-        self.train_model = torch.compile(model, mode=tc.compile_mode) if tc.compile else model
+        self.train_model = model
+        if self.place.active:
+            # The objective's generator is shared (same seed on every rank: it draws the whole
+            # global batch's noise); the global RNG (dropout) is offset by rank.
+            torch.manual_seed(sample_seed(run.seed, 5_000_000 + self.place.rank))
+            ids = [device.index or 0] if device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model, mode=tc.compile_mode)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -169,11 +184,24 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.device)
-        for micro in index.chunk(self.micro_batches):
-            x0 = get_batch(self.dataset, micro, epoch, self.seed).to(self.device, non_blocking=True)
-            with self.autocast:
-                part = self.objective(self.train_model, LossInputs(x0, micro.to(self.device), epoch), self.generator)
-            (part / self.micro_batches).backward()
+        rank, world = self.place.rank, self.place.world
+        sharded = world > 1 or self.micro_batches > 1
+        # Every shard (rank × micro-batch) draws the whole step's noise from the same generator
+        # state and keeps its own rows, so any split of the batch sees the noise one process would.
+        start_state = self.generator.get_state() if self.micro_batches > 1 else None
+        for k, micro in enumerate(index.chunk(self.micro_batches)):
+            mine = micro.chunk(world)[rank]  # this rank's contiguous shard of the micro-batch
+            x0 = get_batch(self.dataset, mine, epoch, self.seed).to(self.device, non_blocking=True)
+            if start_state is not None:
+                self.generator.set_state(start_state)
+            shard = (k * len(micro) + rank * len(mine), len(index)) if sharded else None
+            inputs = LossInputs(x0, mine.to(self.device), epoch, shard)
+            last = k == self.micro_batches - 1
+            # DDP all-reduces gradients on the last micro-batch only
+            with contextlib.nullcontext() if last or world == 1 else self.train_model.no_sync():
+                with self.autocast:
+                    part = self.objective(self.train_model, inputs, self.generator)
+                (part / self.micro_batches).backward()
             loss += part.detach() / self.micro_batches
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -182,6 +210,7 @@ class Trainer:
     def step_once(self, index: torch.Tensor, epoch: int) -> tuple[torch.Tensor, float]:
         """One full training step: gradients, the NaN guard, the optimizer and the EMA."""
         loss, lr = self.train_step(index, epoch)
+        loss = distributed.mean_over_ranks(loss)  # every rank sees the global loss, so all stop together
         if not torch.isfinite(loss):
             kept = (
                 f"the last good checkpoint {self.ckpt_path} is kept"
@@ -206,7 +235,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
         if self.ckpt_path.exists():
             self.load(runs.load_checkpoint(self.ckpt_path, map_location=self.device))
-            runs.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+            if self.place.is_main:
+                runs.truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
             log.info("resumed from %s at step %d", self.ckpt_path, self.step)
         if self.step >= tc.max_steps:
             log.info("training already finished (step %d of %d)", self.step, tc.max_steps)
@@ -215,7 +245,10 @@ class Trainer:
         self.model.train()
         start_step, start_time, last_ckpt = self.step, time.time(), time.time()
         loss_sum, loss_count, last_loss = torch.zeros((), device=self.device), 0, float("nan")
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=None, desc="train", dynamic_ncols=True)
+        main = self.place.is_main  # rank 0 alone writes files, logs and shows a bar
+        bar = tqdm(
+            total=tc.max_steps, initial=self.step, disable=None if main else True, desc="train", dynamic_ncols=True
+        )
         order_epoch, order = -1, None
         while self.step < tc.max_steps:
             epoch, position = divmod(self.step, self.steps_per_epoch)
@@ -242,10 +275,11 @@ class Trainer:
                     "samples_per_s": rate * self.batch_size,
                     "epoch": epoch,
                 }
-                runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
-                self.tracker.log(record)
+                if main:
+                    runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
+                    self.tracker.log(record)
                 bar.set_postfix(loss=f"{last_loss:.4g}", samples_per_s=f"{rate * self.batch_size:.0f}")
-                if bar.disable:
+                if bar.disable and main:
                     log.info(
                         "step %d/%d  loss %.5g  lr %.2e  %.2f steps/s  %.0f samples/s",
                         self.step,
@@ -258,7 +292,8 @@ class Trainer:
                 loss_sum, loss_count = torch.zeros((), device=self.device), 0
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
             if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed:
-                self.save()
+                if main:
+                    self.save()
                 last_ckpt = time.time()
         bar.close()
         seconds = time.time() - start_time

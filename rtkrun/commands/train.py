@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from rtkrun import runs
+from rtkrun import distributed, runs
 from rtkrun.commands.common import (
     build_parts,
     describe,
@@ -23,7 +23,7 @@ from rtkrun.commands.common import (
 )
 from rtkrun.config import to_dict
 from rtkrun.data import DATASETS
-from rtkrun.loggers import make_tracker
+from rtkrun.loggers import NullTracker, make_tracker
 from rtkrun.metrics.mog import mean_recovery
 from rtkrun.models import needs_training
 from rtkrun.trainer import Trainer
@@ -39,8 +39,13 @@ def train(run, run_dir: Path) -> dict[str, Any]:
             log.info("run %s is already complete; nothing to do (metrics in %s)", run_dir, metrics_path)
             return done
     device = resolve_device(run.device)
+    place = distributed.init(device.type)
+    if place.active and device.type == "cuda":
+        device = torch.device("cuda", place.local_rank)
+    if not place.is_main:  # rank 0 alone logs; the others only compute
+        logging.getLogger().setLevel(logging.WARNING)
     config = to_dict(run)
-    tracker = make_tracker(run.logger, run_dir, config)
+    tracker = make_tracker(run.logger, run_dir, config) if place.is_main else NullTracker()
     dataset, schedule, model = build_parts(run, run.seed)
     model = model.to(device)
     log.info("run directory: %s", run_dir.resolve())
@@ -50,6 +55,11 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         trainer = Trainer(run, model, dataset, schedule, run_dir, device, config, tracker)
         metrics.update(trainer.fit())
         eval_model = trainer.ema
+        if place.active:
+            metrics["train/processes"] = place.world
+            distributed.shutdown()
+            if not place.is_main:
+                return {}
     else:
         log.info("model %s needs no training", run.model.name)
         metrics["train/steps"] = run.trainer.max_steps

@@ -19,6 +19,7 @@ import torch
 
 from rtkrun.diffusion.param import eps_from_x0, expand_like
 from rtkrun.diffusion.schedules import VPSchedule
+from rtkrun.distributed import all_gather_rows
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str, huber_c: float) -> torch.Tensor:
@@ -35,10 +36,23 @@ class LossInputs:
     x0: torch.Tensor
     index: torch.Tensor  # global example indices, for the DDDM buffer
     epoch: int
+    # Data parallel or accumulated: (first row, rows in the whole step) of this shard. The noise
+    # of the whole step's batch is drawn and sliced, so any split sees the noise one call would.
+    shard: tuple[int, int] | None = None
+
+    def rows(self) -> tuple[int, slice]:
+        """(how many rows to draw noise for, which of them are this shard's)."""
+        n = self.x0.shape[0]
+        if self.shard is None:
+            return n, slice(0, n)
+        start, total = self.shard
+        return total, slice(start, start + n)
 
 
 class EstimateBuffer:
-    """DDDM's per-example estimates z_i, indexed by the global dataset index."""
+    """DDDM's per-example estimates z_i, indexed by the global dataset index. Under data
+    parallelism every rank holds the whole buffer and each write is all-gathered, so the
+    buffers stay identical and two ranks never write different values to one index."""
 
     def __init__(self, n: int, shape: tuple[int, ...], generator: torch.Generator, device) -> None:
         self.z = torch.randn(n, *shape, generator=generator).to(device)
@@ -47,7 +61,8 @@ class EstimateBuffer:
         return self.z[index]
 
     def write(self, index: torch.Tensor, values: torch.Tensor) -> None:
-        self.z[index] = values.detach().to(self.z.dtype)
+        index, values = all_gather_rows(index), all_gather_rows(values.detach().to(self.z.dtype))
+        self.z[index] = values
 
 
 class Objective:
@@ -98,11 +113,11 @@ class Objective:
 
     def __call__(self, model, batch: LossInputs, generator: torch.Generator) -> torch.Tensor:
         x0 = batch.x0
-        n, device = x0.shape[0], x0.device
-        t64 = self.sample_t(n, generator, device)
+        (n, mine), device = batch.rows(), x0.device
+        t64 = self.sample_t(n, generator, device)[mine]
         alpha, sigma = self.schedule.alpha_sigma(t64)
         alpha, sigma, t = alpha.to(x0.dtype), sigma.to(x0.dtype), t64.to(x0.dtype)
-        eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        eps = torch.randn((n, *x0.shape[1:]), generator=generator, device=device, dtype=x0.dtype)[mine]
         x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
 
         weight = self.weight(alpha, sigma)
@@ -115,10 +130,11 @@ class Objective:
 
     def _dddm(self, model, x0, x_t, t, batch: LossInputs, generator, weight: torch.Tensor) -> torch.Tensor:
         z = self.buffer.read(batch.index).to(x0.dtype)
-        use_estimate = torch.rand(x0.shape[0], generator=generator, device=x0.device) >= self.null_estimate_prob
+        n, mine = batch.rows()
+        use_estimate = torch.rand(n, generator=generator, device=x0.device)[mine] >= self.null_estimate_prob
         # Null rows take the model's own z=None path rather than a faked zero estimate: in one
         # call when the model takes a per-sample estimate mask, else by splitting the batch.
-        if getattr(model, "accepts_estimate_mask", False):
+        if getattr(getattr(model, "module", model), "accepts_estimate_mask", False):  # unwrap DDP
             x0_hat = model(x_t, t, z, estimate_mask=use_estimate).to(x0.dtype)
         else:
             x0_hat = torch.empty_like(x0)

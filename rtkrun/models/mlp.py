@@ -42,6 +42,8 @@ class MogMLPConfig:
 
 
 class MogMLP(nn.Module):
+    accepts_estimate_mask = True  # the DDDM objective may batch null and real estimates in one call
+
     def __init__(self, cfg: MogMLPConfig, dim: int, schedule: VPSchedule, data_std: float) -> None:
         super().__init__()
         self.dim = dim
@@ -56,11 +58,21 @@ class MogMLP(nn.Module):
         layers.append(nn.Linear(cfg.hidden, dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        z: torch.Tensor | None = None,
+        estimate_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``estimate_mask`` (B,) bool: rows where it is False are treated as z = None."""
         if z is None:
             z, flag = torch.zeros_like(x_t), x_t.new_zeros(x_t.shape[0], 1)
-        else:
+        elif estimate_mask is None:
             flag = x_t.new_ones(x_t.shape[0], 1)
+        else:
+            flag = estimate_mask.to(x_t.dtype)[:, None]
+            z = z * flag
         t = t.to(x_t.dtype).expand(x_t.shape[0]) if t.ndim == 0 else t.to(x_t.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
         c_in = input_scale(alpha, sigma, self.data_std)[:, None]

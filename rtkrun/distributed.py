@@ -1,0 +1,86 @@
+"""Data-parallel training under ``torchrun``: the process group, this process's place in it,
+and the two collectives the trainer needs.
+
+``torchrun --nproc_per_node=N -m rtkrun train ...`` starts N processes with RANK, WORLD_SIZE
+and LOCAL_RANK set. Each process holds the whole model, dataset and DDDM buffer; the global
+batch is split into N equal contiguous shards, gradients are averaged by DDP, and every new
+DDDM estimate is all-gathered so the buffers stay identical on all ranks. Rank 0 alone writes
+checkpoints, metrics and logs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Place:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def launched() -> bool:
+    """True when started by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def place() -> Place:
+    if not dist.is_available() or not dist.is_initialized():
+        return Place()
+    return Place(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device_type: str) -> Place:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on the CPU); a no-op for
+    a single process. Returns this process's place."""
+    if not launched():
+        return Place()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    here = place()
+    if device_type == "cuda":
+        torch.cuda.set_device(here.local_rank)
+    return here
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equal-shaped tensors from every rank along dim 0, in rank order."""
+    here = place()
+    if not here.active:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(here.world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The average of a scalar tensor over ranks (identical on every rank afterwards)."""
+    here = place()
+    if not here.active:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / here.world
+
+
+def barrier() -> None:
+    if place().active:
+        dist.barrier()
