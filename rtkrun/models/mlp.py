@@ -22,7 +22,14 @@ from torch import nn
 
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.models.precond import HEADS, NoiseLevelFeatures, apply_head, input_scale, noise_level
+from rtkrun.models.precond import (
+    HEADS,
+    NoiseLevelFeatures,
+    apply_head,
+    estimate_and_flag,
+    input_scale,
+    noise_level,
+)
 
 
 @dataclass
@@ -66,13 +73,8 @@ class MogMLP(nn.Module):
         estimate_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``estimate_mask`` (B,) bool: rows where it is False are treated as z = None."""
-        if z is None:
-            z, flag = torch.zeros_like(x_t), x_t.new_zeros(x_t.shape[0], 1)
-        elif estimate_mask is None:
-            flag = x_t.new_ones(x_t.shape[0], 1)
-        else:
-            flag = estimate_mask.to(x_t.dtype)[:, None]
-            z = z * flag
+        z, flag = estimate_and_flag(x_t, z, estimate_mask)
+        flag = flag[:, None]
         t = t.to(x_t.dtype).expand(x_t.shape[0]) if t.ndim == 0 else t.to(x_t.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
         c_in = input_scale(alpha, sigma, self.data_std)[:, None]

@@ -54,3 +54,17 @@ def apply_head(head: str, x_t: torch.Tensor, out: torch.Tensor, alpha, sigma, da
     a, s = expand_like(alpha, x_t), expand_like(sigma, x_t)
     v = a**2 * data_std**2 + s**2
     return (a * data_std**2 / v) * x_t + (s * data_std * torch.rsqrt(v)) * out
+
+
+def estimate_and_flag(
+    x_t: torch.Tensor, z: torch.Tensor | None, estimate_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z with absent rows zeroed, has-estimate flag (B,) in x_t's dtype). ``z=None`` is the null
+    estimate for every row; ``estimate_mask`` (B,) bool marks it per row, so null and real
+    estimates share one batched call."""
+    if z is None:
+        return torch.zeros_like(x_t), x_t.new_zeros(x_t.shape[0])
+    if estimate_mask is None:
+        return z, x_t.new_ones(x_t.shape[0])
+    flag = estimate_mask.to(x_t.dtype)
+    return z * expand_like(flag, z), flag

@@ -30,7 +30,7 @@ from torch import nn
 
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.models.precond import HEADS, NoiseLevelFeatures, apply_head, input_scale, noise_level
+from rtkrun.models import precond
 
 SKIP_SCALE = 1.0 / math.sqrt(2.0)
 
@@ -48,8 +48,8 @@ class UNetConfig:
     groups: int = 32  # GroupNorm groups (capped by the channel count)
 
     def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"head={self.head!r} is unknown; choose {' or '.join(HEADS)}")
+        if self.head not in precond.HEADS:
+            raise ConfigError(f"head={self.head!r} is unknown; choose {' or '.join(precond.HEADS)}")
         if self.channels < 1 or self.blocks_per_level < 1 or self.groups < 1:
             raise ConfigError("channels, blocks_per_level and groups must be >= 1")
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -123,7 +123,7 @@ class DDDMUNet(nn.Module):
         c_img, resolution, _ = shape
         self.cfg, self.schedule, self.data_std = cfg, schedule, float(data_std)
         ch, emb, g = cfg.channels, 4 * cfg.channels, cfg.groups
-        self.noise_features = NoiseLevelFeatures(ch, max_frequency=64.0)
+        self.noise_features = precond.NoiseLevelFeatures(ch, max_frequency=64.0)
         self.embed = nn.Sequential(nn.Linear(ch, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.no_estimate = nn.Parameter(torch.zeros(emb))
         c_input = 2 * c_img if cfg.estimate_input else c_img
@@ -166,16 +166,12 @@ class DDDMUNet(nn.Module):
         b = x_t.shape[0]
         t = t.to(x_t.dtype).expand(b) if t.ndim == 0 else t.to(x_t.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
-        emb = self.embed(self.noise_features(noise_level(self.schedule, t)))
-        h = x_t * input_scale(alpha, sigma, self.data_std)[:, None, None, None]
-        if self.cfg.estimate_input:
-            has = torch.zeros(b, dtype=torch.bool, device=x_t.device) if z is None else estimate_mask
-            if has is not None:  # rows without an estimate: zero input and the learned offset
-                emb = emb + (~has)[:, None].to(emb.dtype) * self.no_estimate
-            z_in = torch.zeros_like(x_t) if z is None else z / self.data_std
-            if estimate_mask is not None and z is not None:
-                z_in = z_in * estimate_mask[:, None, None, None].to(z_in.dtype)
-            h = torch.cat([h, z_in], dim=1)
+        emb = self.embed(self.noise_features(precond.noise_level(self.schedule, t)))
+        h = x_t * precond.input_scale(alpha, sigma, self.data_std)[:, None, None, None]
+        if self.cfg.estimate_input:  # rows without an estimate: zero input and the learned offset
+            z_in, flag = precond.estimate_and_flag(x_t, z, estimate_mask)
+            emb = emb + (1 - flag)[:, None].to(emb.dtype) * self.no_estimate
+            h = torch.cat([h, z_in / self.data_std], dim=1)
         if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(h)
@@ -191,7 +187,7 @@ class DDDMUNet(nn.Module):
             else:
                 h = layer(torch.cat([h, skips.pop()], dim=1), emb)
         out = self.conv_out(F.silu(self.norm_out(h))).to(x_t.dtype)
-        return apply_head(self.cfg.head, x_t, out, alpha, sigma, self.data_std)
+        return precond.apply_head(self.cfg.head, x_t, out, alpha, sigma, self.data_std)
 
 
 def build(cfg: UNetConfig, dataset, schedule: VPSchedule) -> DDDMUNet:
