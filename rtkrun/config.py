@@ -160,9 +160,19 @@ class DiagnosticsConfig:
     noise_levels: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.6, 0.9])  # data-derived x_t
     trajectory: bool = True  # also diagnose every step of the sampler's trajectory
     sigma: float | None = None  # σ of the proxy energy; None: σ(t) = √(1 − ᾱ_t)
+    estimator: str = "auto"  # exact (float64 Jacobians/Hessians) | lanczos (matrix-free) | auto: exact for d <= 64
+    iters: int = 30  # Lanczos steps (matrix-free path)
+    tol: float = 1e-4  # GKL stops when the top residual is <= tol * L
+    probes: int = 16  # Hutchinson probe pairs for Σ‖H_i‖²_F
+    restarts: int = 2  # random starts of the B_sq lower-bound ascent
+    ascent_steps: int = 10
 
     def __post_init__(self) -> None:
         _at_least(self, "n_points", 1)
+        _choice(self, "estimator", ("auto", "exact", "lanczos"))
+        for key in ("iters", "probes", "restarts", "ascent_steps"):
+            _at_least(self, key, 1)
+        _positive(self, "tol")
         if any(not 0 < t <= 1 for t in self.noise_levels):
             raise ConfigError(f"noise_levels must lie in (0, 1], got {self.noise_levels}")
         if self.sigma is not None:

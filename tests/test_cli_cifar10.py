@@ -92,3 +92,32 @@ def test_missing_dataset_is_one_line(tmp_path):
     assert "CIFAR-10 not found" in proc.stderr and "dataset.download=true" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (Path(tmp_path) / "outputs").exists() or not list((Path(tmp_path) / "outputs").rglob("last.pt"))
+
+
+def test_diagnose_runs_matrix_free_on_images(setup):
+    cwd, run_dir, env = setup
+    out = cwd / "diagnose"
+    proc = run_cli(
+        "diagnose",
+        f"ckpt={run_dir}",
+        "diagnostics.n_points=2",
+        "diagnostics.noise_levels=[0.5]",
+        "diagnostics.iters=4",
+        "diagnostics.probes=2",
+        "diagnostics.restarts=1",
+        "diagnostics.ascent_steps=2",
+        "sampler.levels=1",
+        "sampler.iterations=1",
+        f"hydra.run.dir={out}",
+        cwd=cwd,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["estimator"] == "lanczos" and metrics["dataset/dim"] == 3072 and metrics["points"] == 4
+    lines = (out / "diagnostics" / "points.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(",")))
+        assert all(np.isfinite(float(row[k])) for k in ("L", "sigma_min", "R", "B_sq", "true", "margin"))
+        assert float(row["L"]) > 0 and float(row["frobenius_sq"]) >= 0

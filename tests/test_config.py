@@ -28,8 +28,10 @@ def test_every_group_option_composes(group):
         overrides = [f"{group}={option}"]
         if option == "mog_student":
             overrides += ["dataset.layout=pair", "dataset.n_components=2"]
+        if option.startswith(("dddm_unet", "default_cifar10")):
+            overrides += ["dataset=cifar10"]
         run = validate(compose_cfg("train", overrides))
-        assert getattr(run, group).name == option
+        assert getattr(run, group).name == option.removesuffix("_small").replace("default_cifar10", "dddm_unet")
 
 
 @pytest.mark.parametrize("option", GROUP_OPTIONS["sampler"])
@@ -48,6 +50,15 @@ def test_dataset_brings_its_defaults():
     run = validate(compose_cfg("train", ["dataset=mog"]))
     assert (run.model.name, run.schedule.name, run.trainer.objective) == ("mog_mlp", "cosine", "dddm")
     assert set(run.evaluation.samplers) == {"ddim50", "ddpm200"}
+    run = validate(compose_cfg("train", ["dataset=cifar10"]))
+    assert (run.model.name, run.model.channels, run.schedule.name) == ("dddm_unet", 128, "linear")
+    assert (run.trainer.lr, run.trainer.batch_size, run.trainer.ema_decay) == (1e-4, 128, 0.9999)
+    assert (run.trainer.distance, run.trainer.dddm_weight, run.trainer.precision) == (
+        "pseudo_huber",
+        "inverse_epoch",
+        "bf16",
+    )
+    assert set(run.evaluation.samplers) == {"dddm1", "dddm2", "ddim35"}
 
 
 @pytest.mark.parametrize(

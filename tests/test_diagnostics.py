@@ -35,13 +35,19 @@ def test_spectral_norm_and_sigma_min_exact_and_lanczos(d):
     torch.testing.assert_close(exact_singular_values(F, z)[:, 0], L_brute, rtol=1e-6, atol=0)
     torch.testing.assert_close(exact_singular_values(F, z, shift_identity=True)[:, -1], smin_brute, rtol=1e-6, atol=0)
     gen = torch.Generator().manual_seed(0)
-    L_lanczos, _, used = lanczos_singular_values(F, z, iters=20, generator=gen)
-    assert used <= 20
+    result = lanczos_singular_values(F, z, iters=20, tol=1e-4, generator=gen)
+    L_lanczos = result.sigma_max
+    assert result.iters <= 20
     torch.testing.assert_close(L_lanczos, L_brute, rtol=0.01, atol=0)
     assert (L_lanczos <= L_brute * (1 + 1e-9)).all()  # Krylov estimates approach from below
+    # the residual β_k|p_k| bounds the error of the Ritz value, and the stopping rule used it
+    assert ((L_brute - L_lanczos).abs() <= result.residual_max + 1e-12).all()
+    if result.iters < 20:
+        assert (result.residual_max <= 1e-4 * L_lanczos).all()
     # With a full Krylov space (d steps) the smallest singular value of I + J is exact too.
-    _, smin_full, _ = lanczos_singular_values(F, z, iters=d, tol=0.0, generator=gen, shift_identity=True)
-    torch.testing.assert_close(smin_full, smin_brute, rtol=1e-6, atol=0)
+    full = lanczos_singular_values(F, z, iters=d, tol=0.0, generator=gen, shift_identity=True)
+    assert full.iters == d and torch.equal(full.residual_min, torch.zeros_like(full.residual_min))
+    torch.testing.assert_close(full.sigma_min, smin_brute, rtol=1e-6, atol=0)
     assert (power_iteration_norm(F, z, iters=50, generator=gen) <= L_brute * (1 + 1e-9)).all()
 
 
@@ -141,3 +147,58 @@ def test_lanczos_curvatures_match_the_exact_chain(d, iters, rtol):
     torch.testing.assert_close(approx["true"], exact["true"], rtol=rtol, atol=1e-8)
     if iters == d:
         torch.testing.assert_close(approx["sigma_min"], exact["sigma_min"], rtol=1e-5, atol=1e-8)
+
+
+def test_matrix_free_chain_agrees_with_the_exact_chain_and_brackets_b_sq():
+    from rtkrun.diagnostics.convexity import matrix_free_chain
+
+    d = 10
+    F = silu_mlp(d, scale=1.2)
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(4, d, generator=gen, dtype=torch.float64)
+    x = z + F(z) + 0.3 * torch.randn(4, d, generator=gen, dtype=torch.float64)
+    exact = bound_chain(F, x, z, sigma=0.5)
+    free = matrix_free_chain(
+        F, x, z, sigma=0.5, iters=d, tol=1e-12, probes=400, restarts=4, ascent_steps=30, generator=gen
+    )
+    for key in ("L", "sigma_min", "R", "weighted_hessian", "true", "link_sigma_min"):
+        torch.testing.assert_close(free[key], exact[key], rtol=1e-6, atol=1e-9, msg=key)
+    assert (free["L_residual"] <= 1e-12 * free["L"] + 1e-12).all()
+    # the bracket: ascent lower bound ≤ B_sq ≤ Σ‖H_i‖²_F, whose estimate is within 3 s.e.
+    assert (free["B_sq"] <= exact["B_sq"] * (1 + 1e-9)).all()
+    # sup_u Σ_i (uᵀH_i u)² sits below Σ_i ‖H_i‖²_op (one u for every i); the ascent must beat a
+    # random search over 4,000 unit vectors on the exact Hessians
+    from rtkrun.diagnostics.hessian import exact_hessians
+
+    hess = exact_hessians(F, z)  # (B, d_out, d, d)
+    u = torch.randn(4000, d, generator=gen, dtype=torch.float64)
+    u = u / u.norm(dim=1, keepdim=True)
+    random_best = torch.einsum("ud,bidk,uk->bui", u, hess, u).pow(2).sum(-1).amax(1)
+    assert (free["B_sq"] >= random_best * (1 - 1e-6)).all()
+    assert ((free["frobenius_sq"] - exact["frobenius_sq"]).abs() <= 3 * free["frobenius_se"]).all()
+    # the conservative certificate is never more optimistic than the exact corrected margin
+    assert (free["margin"] <= exact["margin"] + 1e-9).all()
+    assert (free["paper_margin"] >= exact["paper_margin"] - 1e-9).all()
+
+
+def test_diagnose_lanczos_estimator_matches_exact_on_the_mog(tmp_path):
+    from rtkrun.commands import run_command
+    from tests.conftest import compose_cfg
+
+    train_dir = tmp_path / "train"
+    run_command(compose_cfg("train", ["trainer.max_steps=100", "~evaluation.samplers"]), train_dir)
+    base = [f"ckpt={train_dir}", "diagnostics.n_points=6", "diagnostics.noise_levels=[0.3]", "diagnostics.probes=64"]
+    tables = {}
+    for estimator in ("exact", "lanczos"):
+        out = tmp_path / estimator
+        metrics = run_command(compose_cfg("diagnose", [*base, f"diagnostics.estimator={estimator}"]), out)
+        assert metrics["estimator"] == estimator
+        lines = (out / "diagnostics" / "points.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        tables[estimator] = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    assert len(tables["exact"]) == len(tables["lanczos"]) == 6 * (1 + 6)
+    for e, m in zip(tables["exact"], tables["lanczos"]):
+        for key in ("L", "sigma_min", "R", "true"):  # d = 2: two Lanczos steps span everything
+            assert float(m[key]) == pytest.approx(float(e[key]), rel=1e-6, abs=1e-9), key
+        assert float(m["B_sq"]) <= float(e["B_sq"]) * (1 + 1e-9) + 1e-12
+        assert float(m["margin"]) <= float(e["margin"]) + 1e-9

@@ -1,31 +1,37 @@
 """``rtkrun diagnose``: the regularity of the DDDM map F(z) = x_t − f(z, x_t, t) at points where
 samplers use it, per point: along a sampler's trajectory (a callback records (x_t, t, z) at every
 evaluation) and at data-derived x_t with z the plain estimate. Writes ``diagnostics/points.csv``,
-histograms, and per-(source, t) summaries into ``metrics.json`` (exact float64 path)."""
+histograms, and per-(source, t) summaries into ``metrics.json``: exact float64 Jacobians and
+Hessians for small d, the matrix-free chain (Lanczos, Hutchinson, a B_sq bracket) for large d."""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rtkrun import runs
-from rtkrun.commands.common import flatten, load_trained_parts, provenance
-from rtkrun.diagnostics.convexity import bound_chain
+from rtkrun.commands.common import flatten, load_trained_parts, provenance, resolve_device
+from rtkrun.diagnostics.convexity import bound_chain, matrix_free_chain
+from rtkrun.diffusion.param import expand_like
 from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.seeding import SampleNoise
 
 log = logging.getLogger("rtkrun")
+EXACT_MAX_DIM = 64  # above this, estimator=auto goes matrix-free (the exact path stores d×d×d Hessians)
 COLUMNS = [
     "L",
+    "L_residual",
     "sigma_min",
     "R",
     "B_sq",
     "frobenius_sq",
+    "frobenius_se",
     "weighted_hessian",
     "true",
     "link_sigma_min",
@@ -35,22 +41,26 @@ COLUMNS = [
 ]
 
 
-def _points(run, dataset, schedule, model) -> list[dict[str, Any]]:
+def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[str, Any]]:
     """(source, t, level, iteration, x_t, z) batches to diagnose."""
     dc, n = run.diagnostics, run.diagnostics.n_points
     gen = torch.Generator().manual_seed(run.seed)
-    x0 = dataset.mixture.sample(n, gen)
+    if hasattr(dataset, "mixture"):  # exact samples
+        x0 = dataset.mixture.sample(n, gen)
+    else:  # n training examples, drawn without replacement
+        x0 = dataset.get_batch(torch.randperm(len(dataset), generator=gen)[:n]).double().cpu()
     out = []
     for t in dc.noise_levels:
-        tt = torch.full((n,), float(t), dtype=torch.float64)
+        tt = torch.full((x0.shape[0],), float(t), dtype=torch.float64)
         a, s = schedule.alpha_sigma(tt)
-        x_t = a[:, None] * x0 + s[:, None] * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        x_t = expand_like(a, x0) * x0 + expand_like(s, x0) * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        x_t, tt = x_t.to(device), tt.to(device)
         with torch.no_grad():
             z = model(x_t, tt)
         out.append({"source": "data", "t": float(t), "level": -1, "iteration": -1, "x": x_t, "z": z})
     if dc.trajectory:
         recorded = []
-        noise = SampleNoise.for_range(run.seed, 0, n, dtype=torch.float64)
+        noise = SampleNoise.for_range(run.seed, 0, n, device=device, dtype=torch.float64)
         SAMPLERS[run.sampler.name][1](
             model,
             noise.randn(*dataset.sample_shape),
@@ -117,18 +127,40 @@ def _histograms(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def diagnose(run, run_dir: Path) -> dict[str, Any]:
+    dc = run.diagnostics
+    device = resolve_device(run.device)
     dataset, schedule, model = load_trained_parts(run)
-    model = model.double().eval()
+    model = model.double().eval().to(device)
+    dim = math.prod(dataset.sample_shape)
+    estimator = dc.estimator if dc.estimator != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "lanczos")
+    log.info("diagnosing with the %s estimators (d = %d)", estimator, dim)
     rows = []
-    for p in _points(run, dataset, schedule, model):
+    for p in _points(run, dataset, schedule, model, device):
         x, z, n = p["x"], p["z"], p["x"].shape[0]
-        t = torch.full((n,), p["t"], dtype=torch.float64)
-        sigma = run.diagnostics.sigma or schedule.sigma(torch.tensor(p["t"], dtype=torch.float64)).item()
+        t = torch.full((n,), p["t"], dtype=torch.float64, device=device)
+        sigma = dc.sigma or schedule.sigma(torch.tensor(p["t"], dtype=torch.float64)).item()
 
         def F(zz, xx, tt):  # the DDDM map at (x_t, t): F(z) = x_t − f(z, x_t, t)
             return xx - model(xx, tt, zz)
 
-        chain = bound_chain(F, x, z, sigma, context=(x, t))
+        if estimator == "exact":
+            chain = bound_chain(F, x, z, sigma, context=(x, t))
+        else:
+            gen = torch.Generator(device=device).manual_seed(run.seed)
+            chain = matrix_free_chain(
+                F,
+                x,
+                z,
+                sigma,
+                iters=dc.iters,
+                tol=dc.tol,
+                probes=dc.probes,
+                restarts=dc.restarts,
+                ascent_steps=dc.ascent_steps,
+                generator=gen,
+                context=(x, t),
+            )
+        zero = torch.zeros(n, dtype=torch.float64)
         for i in range(n):
             rows.append(
                 {
@@ -138,11 +170,14 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
                     "iteration": p["iteration"],
                     "sample": i,
                     "sigma": sigma,
-                    **{c: chain[c][i].item() for c in COLUMNS},
+                    "estimator": estimator,
+                    **{c: chain.get(c, zero)[i].item() for c in COLUMNS},
                 }
             )
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["source", "t", "level", "iteration", "sample", "sigma", *COLUMNS])
+    writer = csv.DictWriter(
+        buf, fieldnames=["source", "t", "level", "iteration", "sample", "sigma", "estimator", *COLUMNS]
+    )
     writer.writeheader()
     writer.writerows(rows)
     runs.atomic_write_bytes(run_dir / "diagnostics" / "points.csv", buf.getvalue().encode())
@@ -152,7 +187,8 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
         **provenance(run.seed),
         "ckpt": run.ckpt,
         "model": run.model.name,
-        "dataset/dim": dataset.sample_shape[0],
+        "dataset/dim": dim,
+        "estimator": estimator,
         "points": len(rows),
         **flatten("diag", _summaries(rows)),
     }

@@ -10,8 +10,13 @@ from __future__ import annotations
 import torch
 from torch.func import hessian, vmap
 
-from rtkrun.diagnostics.hessian import exact_b_sq, residual_weighted_hessian_norm
-from rtkrun.diagnostics.jacobian import BatchMap, exact_singular_values, single
+from rtkrun.diagnostics.hessian import (
+    b_sq_lower_bound,
+    exact_b_sq,
+    hutchinson_frobenius,
+    residual_weighted_hessian_norm,
+)
+from rtkrun.diagnostics.jacobian import BatchMap, exact_singular_values, lanczos_singular_values, single
 
 
 def exact_lambda_min(F: BatchMap, x: torch.Tensor, z: torch.Tensor, sigma: float, context: tuple = ()):
@@ -129,4 +134,54 @@ def lanczos_curvatures(
         "true": lam_min,
         "weighted_hessian": torch.maximum(w_min.abs(), w_max.abs()),
         "sigma_min": n_min.clamp_min(0).sqrt(),
+    }
+
+
+def matrix_free_chain(
+    F: BatchMap,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    sigma: float,
+    iters: int = 30,
+    tol: float = 1e-4,
+    probes: int = 16,
+    restarts: int = 2,
+    ascent_steps: int = 10,
+    generator: torch.Generator | None = None,
+    context: tuple = (),
+) -> dict[str, torch.Tensor]:
+    """The chain of ``bound_chain`` without forming Jacobians or Hessians, for large d.
+
+    L by Golub–Kahan–Lanczos (with its residual bound ``L_residual``); σ_min(I + J), λ_min(∇²g)
+    and ‖Σ r_i H_i‖ by Lanczos on matrix-vector products. B_sq is bracketed:
+    ``B_sq`` = the ascent lower bound max_u ‖D²F[u,u]‖² ≤ B_sq and ``frobenius_sq`` ± ``frobenius_se``
+    = the Hutchinson estimate of Σ‖H_i‖²_F ≥ B_sq. The corrected ``margin`` certifies with the
+    conservative upper value Σ‖H_i‖²_F + 3 se in place of B_sq; ``paper_margin`` uses the lower
+    bound, so it is at least as optimistic as the paper's own expression (REFERENCE.md §1.4).
+    Lanczos's λ_min and σ_min approach from above: with too few iterations they overstate
+    convexity, which the tests bound against the exact path."""
+    Fb = (lambda zz: F(zz, *context)) if context else F
+    r = (z - x + Fb(z)).detach()
+    R = r.flatten(1).norm(dim=1)
+    top = lanczos_singular_values(F, z, iters=iters, tol=tol, generator=generator, context=context)
+    curvatures = lanczos_curvatures(F, x, z, sigma, iters=iters, generator=generator, context=context)
+    frob, frob_se = hutchinson_frobenius(F, z, probes=probes, generator=generator, context=context)
+    b_lower = b_sq_lower_bound(F, z, restarts=restarts, steps=ascent_steps, generator=generator, context=context)
+    L, sigma_min, weighted = top.sigma_max, curvatures["sigma_min"], curvatures["weighted_hessian"]
+    plus, s2 = (1 - L).clamp_min(0) ** 2, sigma**2
+    frob_upper = frob + 3 * frob_se
+    return {
+        "L": L,
+        "L_residual": top.residual_max,
+        "sigma_min": sigma_min,
+        "R": R,
+        "B_sq": b_lower,
+        "frobenius_sq": frob,
+        "frobenius_se": frob_se,
+        "weighted_hessian": weighted,
+        "true": curvatures["true"],
+        "link_sigma_min": (sigma_min**2 - weighted) / s2,
+        "margin": (plus - R * frob_upper.sqrt()) / s2,
+        "margin_frobenius": (plus - R * frob.clamp_min(0).sqrt()) / s2,
+        "paper_margin": ((1 - L) ** 2 - R * b_lower) / s2,
     }
