@@ -130,7 +130,7 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
     dc = run.diagnostics
     device = resolve_device(run.device)
     dataset, schedule, model = load_trained_parts(run)
-    model = model.double().eval().to(device)
+    model = model.double().eval().requires_grad_(False).to(device)  # derivatives in z only
     dim = math.prod(dataset.sample_shape)
     estimator = dc.estimator if dc.estimator != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "lanczos")
     log.info("diagnosing with the %s estimators (d = %d)", estimator, dim)

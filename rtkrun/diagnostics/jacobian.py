@@ -115,7 +115,7 @@ def lanczos_singular_values(
         vs.append(v)
         betas.append(beta)
         u = _orthogonalise(matvec(v) - _bscale(u, beta), us)
-    return LanczosSVD(s[:, 0], s[:, -1], k, res_max, res_min)
+    return LanczosSVD(s[:, 0].detach(), s[:, -1].detach(), k, res_max.detach(), res_min.detach())
 
 
 def power_iteration_norm(
