@@ -146,7 +146,7 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
         if estimator == "exact":
             chain = bound_chain(F, x, z, sigma, context=(x, t))
         else:
-            gen = torch.Generator(device=device).manual_seed(run.seed)
+            gen = torch.Generator().manual_seed(run.seed)  # probes drawn on the CPU: device-independent
             chain = matrix_free_chain(
                 F,
                 x,
