@@ -46,11 +46,18 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the training forward/backward
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs: no per-kernel launch cost) | max-autotune
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the total per step
+    optimizer: str = "adamw"  # adamw | sgd (plain gradient descent: the seed's learning-regime experiments)
+    fixed_t: float | None = None  # train at this one noise level instead of t ~ U(t_min, 1)
+    fresh_data: bool = False  # every step draws a fresh batch from the data distribution (MoG): population gradient
+    rao_blackwell: bool = False  # regress on E[target | x_t] (exact for the MoG): same expected gradient, less variance
 
     def __post_init__(self) -> None:
         _choice(self, "objective", ("eps", "x0", "dddm"))
         _choice(self, "precision", ("fp32", "bf16"))
         _choice(self, "compile_mode", ("default", "reduce-overhead", "max-autotune"))
+        _choice(self, "optimizer", ("adamw", "sgd"))
+        if self.fixed_t is not None and not 0.0 < self.fixed_t <= 1.0:
+            raise ConfigError(f"fixed_t must be in (0, 1] or null, got {self.fixed_t}")
         _at_least(self, "grad_accum", 1)
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")

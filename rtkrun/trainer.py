@@ -88,10 +88,12 @@ class Trainer:
         self.config_dict = config_dict
         self.tracker = tracker
         tc = self.cfg
-        # fused: one kernel for the whole update on CUDA (the unfused foreach path launches per tensor group)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
-        )
+        if tc.optimizer == "sgd":  # plain gradient descent, no momentum
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        else:  # fused: one kernel for the whole update on CUDA (the unfused path launches per tensor group)
+            self.optimizer = torch.optim.AdamW(
+                model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
+            )
         self.generator = torch.Generator(device=device).manual_seed(sample_seed(run.seed, 2_000_000))
         buffer = None
         if tc.objective == "dddm":
@@ -109,9 +111,15 @@ class Trainer:
             buffer=buffer,
             noise_weighting=tc.noise_weighting,
             data_std=getattr(dataset, "data_std", 1.0),
+            fixed_t=tc.fixed_t,
+            posterior_mean=self._posterior_mean(dataset) if tc.rao_blackwell else None,
         )
+        if tc.fresh_data and not hasattr(dataset, "fresh_batch"):
+            raise RtkrunError(
+                f"trainer.fresh_data=true needs a dataset that can draw new examples (mog), not {dataset.cfg.name}"
+            )
         self.step = 0
-        self.batch_size = min(tc.batch_size, len(dataset))
+        self.batch_size = tc.batch_size if tc.fresh_data else min(tc.batch_size, len(dataset))
         self.steps_per_epoch = max(len(dataset) // self.batch_size, 1)
         self.micro_batches = tc.grad_accum if self.batch_size % tc.grad_accum == 0 else 1
         self.place = distributed.place()
@@ -135,6 +143,14 @@ class Trainer:
         if tc.compile:
             self.train_model = torch.compile(self.train_model, mode=tc.compile_mode)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    def _posterior_mean(self, dataset):
+        if not hasattr(dataset, "mixture") or self.cfg.objective == "dddm":
+            raise RtkrunError(
+                "trainer.rao_blackwell=true needs a dataset with a closed-form posterior (mog) and objective eps or x0"
+            )
+        mixture = dataset.mixture
+        return lambda x_t, alpha, sigma: mixture.denoise(x_t.double(), alpha.double(), sigma.double())
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -191,10 +207,15 @@ class Trainer:
         start_state = self.generator.get_state() if self.micro_batches > 1 else None
         for k, micro in enumerate(index.chunk(self.micro_batches)):
             mine = micro.chunk(world)[rank]  # this rank's contiguous shard of the micro-batch
-            x0 = get_batch(self.dataset, mine, epoch, self.seed).to(self.device, non_blocking=True)
             if start_state is not None:
                 self.generator.set_state(start_state)
             shard = (k * len(micro) + rank * len(mine), len(index)) if sharded else None
+            if self.cfg.fresh_data:  # the step's whole fresh batch, this shard's rows (as for the noise)
+                first = shard[0] if shard else 0
+                x0 = self.dataset.fresh_batch(len(index), self.generator)[first : first + len(mine)]
+            else:
+                x0 = get_batch(self.dataset, mine, epoch, self.seed)
+            x0 = x0.to(self.device, non_blocking=True)
             inputs = LossInputs(x0, mine.to(self.device), epoch, shard)
             last = k == self.micro_batches - 1
             # DDP all-reduces gradients on the last micro-batch only
@@ -255,6 +276,8 @@ class Trainer:
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(self.seed, epoch, len(self.dataset))
             index = order[position * self.batch_size : (position + 1) * self.batch_size]
+            if tc.fresh_data:  # new examples every step: the index only numbers the batch's rows
+                index = torch.arange(self.batch_size)
             try:
                 loss, lr = self.step_once(index, epoch)
             except RtkrunError:
@@ -275,6 +298,8 @@ class Trainer:
                     "samples_per_s": rate * self.batch_size,
                     "epoch": epoch,
                 }
+                if hasattr(self.model, "progress"):  # e.g. the student's angle and distance to μ*
+                    record.update(self.model.progress(self.dataset))
                 if main:
                     runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
                     self.tracker.log(record)

@@ -184,6 +184,10 @@ class MogDataset(Dataset):
         """Fast path for in-memory data: the rows at ``indices`` (no augmentation)."""
         return self.data[indices]
 
+    def fresh_batch(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n new exact samples (population-gradient training, ``trainer.fresh_data``)."""
+        return self.mixture.sample(n, generator).float()
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return (self.cfg.dim,)

@@ -79,6 +79,8 @@ class Objective:
         buffer: EstimateBuffer | None = None,
         noise_weighting: str = "edm",
         data_std: float = 1.0,
+        fixed_t: float | None = None,
+        posterior_mean=None,
     ) -> None:
         self.kind = kind
         self.schedule = schedule
@@ -91,6 +93,11 @@ class Objective:
         self.buffer = buffer
         self.noise_weighting = noise_weighting
         self.data_std = data_std
+        self.fixed_t = fixed_t
+        # Rao–Blackwellisation: E‖ε_hat − ε‖² = E‖ε_hat − E[ε | x_t]‖² + const, so regressing on
+        # the conditional mean (closed form for the MoG) keeps the expected gradient and drops the
+        # variance that the ε draw adds: posterior_mean(x_t, α, σ) = E[x0 | x_t].
+        self.posterior_mean = posterior_mean
 
     def weight(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample weight of the x0 distance. ``edm``: Karras et al. 2022 eq. 8 (λ(σ) = 1/c_out²)
@@ -101,11 +108,14 @@ class Objective:
         return torch.ones_like(alpha)
 
     def sample_t(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
-        """t ~ U(t_min, 1), or uniform on an N-point grid {1/N, …, 1} when ``discrete_steps``."""
+        """t ~ U(t_min, 1), or uniform on an N-point grid {1/N, …, 1} when ``discrete_steps``, or the
+        one level ``fixed_t`` (which still consumes the draw, so the noise stream is unchanged)."""
         if self.discrete_steps:
             k = torch.randint(1, self.discrete_steps + 1, (n,), generator=generator, device=device)
             return k.double() / self.discrete_steps
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        if self.fixed_t is not None:
+            return torch.full_like(u, self.fixed_t)
         return self.t_min + (1 - self.t_min) * u
 
     def data_weight(self, epoch: int) -> float:
@@ -124,6 +134,10 @@ class Objective:
         if self.kind == "dddm":
             return self._dddm(model, x0, x_t, t, batch, generator, weight)
         x0_hat = model(x_t, t, None)
+        if self.posterior_mean is not None:
+            with torch.no_grad():
+                x0 = self.posterior_mean(x_t, alpha, sigma).to(x0.dtype)
+            eps = eps_from_x0(x_t, x0, alpha, sigma)
         if self.kind == "eps":
             return ((eps_from_x0(x_t, x0_hat, alpha, sigma) - eps) ** 2).flatten(1).mean(1).mean()
         return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c)).mean()

@@ -18,14 +18,20 @@ from torch import nn
 from rtkrun.data.mog import GaussianMixture
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
+from rtkrun.metrics.mog import mean_recovery
 
 
 @dataclass
 class MogStudentConfig:
     name: str = "mog_student"
     symmetric: bool = True  # K = 2 tied means ±μ (the seed's tanh student)
-    init_scale: float = 0.1  # norm of the random initial means
+    init: str = "random"  # random: a random direction of norm init_scale | perturbed: μ* plus such a vector
+    init_scale: float = 0.1  # norm of the random initial means (or of the perturbation)
     init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.init not in ("random", "perturbed"):
+            raise ConfigError(f"init={self.init!r} is unknown; choose random or perturbed")
 
 
 class MogStudent(nn.Module):
@@ -36,7 +42,10 @@ class MogStudent(nn.Module):
             raise ConfigError(f"model.symmetric=true needs a 2-component dataset, got {k}; set model.symmetric=false")
         gen = torch.Generator().manual_seed(cfg.init_seed)
         init = torch.randn(1 if cfg.symmetric else k, d, generator=gen)
-        self.mu = nn.Parameter(cfg.init_scale * init / init.norm(dim=-1, keepdim=True))
+        init = cfg.init_scale * init / init.norm(dim=-1, keepdim=True)
+        if cfg.init == "perturbed":  # a warm start near the truth (the seed's small-noise regime)
+            init = init + mixture.means[: init.shape[0]].float()
+        self.mu = nn.Parameter(init)
         self.symmetric = cfg.symmetric
         self.std = mixture.std
         self.weights = mixture.weights
@@ -49,6 +58,12 @@ class MogStudent(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         alpha, sigma = self.schedule.alpha_sigma(t.to(x_t.dtype))
         return GaussianMixture(self.means.to(x_t), self.std, self.weights).denoise(x_t, alpha, sigma)
+
+    def progress(self, dataset) -> dict[str, float]:
+        """Angle (degrees) and distance to the true means (Hungarian-matched for K > 2), and ‖μ‖."""
+        truth = dataset.mixture.means[:1] if self.symmetric else dataset.mixture.means
+        out = mean_recovery(self.mu if self.symmetric else self.means, truth, self.symmetric)
+        return {**out, "mu_norm": self.mu.detach().norm(dim=-1).max().item()}
 
 
 def build(cfg: MogStudentConfig, dataset, schedule) -> MogStudent:
