@@ -1,0 +1,58 @@
+"""T7's pieces: the exact 1-D quantiles of projected mixtures, the sliced W2 to the mixture
+itself, and the step-count search."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.stats import norm
+
+from rtkrun.data.mog import GaussianMixture
+from rtkrun.metrics.mog import projected_quantiles, sliced_w2_to_mixture
+from scripts.make_t7 import LADDER, fit_exponent, search
+
+
+def test_projected_quantiles_are_exact():
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    single = GaussianMixture(torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64), 0.7)
+    q = projected_quantiles(single, directions, 50)
+    levels = (torch.arange(50, dtype=torch.float64) + 0.5) / 50
+    expected = single.means @ directions.T + 0.7 * directions.norm(dim=1) * torch.from_numpy(norm.ppf(levels))[:, None]
+    assert torch.allclose(q, expected, atol=1e-9)
+    pair = GaussianMixture(torch.tensor([[3.0, 0.0, 0.0], [-1.0, 1.0, 0.0]], dtype=torch.float64), 0.4, [0.3, 0.7])
+    q = projected_quantiles(pair, directions, 50)
+    means, scale = pair.means @ directions.T, 0.4 * directions.norm(dim=1)
+    cdf = sum(w * torch.from_numpy(norm.cdf(((q - means[k]) / scale).numpy())) for k, w in enumerate((0.3, 0.7)))
+    assert torch.allclose(cdf, levels[:, None].expand_as(cdf), atol=1e-10)
+
+
+def test_sliced_w2_to_mixture_sees_a_shift_and_not_exact_samples():
+    gen = torch.Generator().manual_seed(1)
+    mixture = GaussianMixture(torch.tensor([[2.0, 0.0], [-2.0, 0.0]], dtype=torch.float64), 0.3)
+    directions = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    directions = directions / directions.norm(dim=1, keepdim=True)
+    exact = mixture.sample(20_000, gen)
+    base = sliced_w2_to_mixture(mixture, exact, directions)
+    shift = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    shifted = sliced_w2_to_mixture(mixture, exact + shift, directions)
+    expected = math.sqrt(((directions @ shift) ** 2).mean().item())
+    # exact samples sit at the n-sample noise level (mode counts fluctuate), a shift adds to it
+    assert base < 0.06
+    assert expected - 0.01 < shifted < math.sqrt(expected**2 + base**2) + 0.01
+
+
+def test_search_finds_the_smallest_passing_step_count_and_fits_exponents():
+    for threshold in (1, 5, 17, 300, 4096):
+        calls = []
+
+        def passes(steps, threshold=threshold, calls=calls):
+            calls.append(steps)
+            return steps >= threshold
+
+        found, evaluations = search(passes, LADDER)
+        assert found == min(s for s in LADDER if s >= threshold) and evaluations == len(calls) <= 12
+    assert search(lambda s: False, LADDER)[0] is None
+    rows = [{"dim": d, "steps": 3 * d**0.5} for d in (2, 8, 32, 128)]
+    assert abs(fit_exponent(rows) - 0.5) < 1e-12
