@@ -9,7 +9,7 @@ the baseline is the same statistic of exact samples. The search is an exponentia
 bisection over a √2-spaced ladder of step counts, with the same seeds at every step count. Each
 (d, grid) search is saved as a run directory (``metrics.json``) and the table is built from them.
 
-    python scripts/make_t7.py                    # d = 2 … 512, about 10 minutes on 2 cores
+    python scripts/make_t7.py                    # d = 2 … 512, about 8 minutes on 2 cores
     python scripts/make_t7.py --docs docs/t7-mog.md
 """
 
@@ -138,8 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 8, 32, 128, 512])
     parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--tol", type=float, default=0.25)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tol", type=float, default=1.0)
     parser.add_argument("--root", default="outputs/multirun/t7")
     parser.add_argument("--out", default="outputs/tables")
     parser.add_argument("--docs")

@@ -41,8 +41,8 @@ def test_every_sampler_composes(option):
 
 @pytest.mark.parametrize("option", GROUP_OPTIONS["experiment"])
 def test_every_experiment_composes(option):
-    # Table sweeps (t1_*, t2_*, their base) are `rtkrun sample` experiments; the rest train.
-    command = "sample" if option.startswith(("t1_", "t2_", "mog_tables")) else "train"
+    # Table sweeps (t1_*, t2_*, t7_*, their base) are `rtkrun sample` experiments; the rest train.
+    command = "sample" if option.startswith(("t1_", "t2_", "t7_", "mog_tables")) else "train"
     validate(compose_cfg(command, [f"experiment={option}"]))
 
 
