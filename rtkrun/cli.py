@@ -27,6 +27,7 @@ COMMANDS = {
     "sample": "sample a checkpoint (ckpt=...) or an exact model with any sampler, and score it",
     "evaluate": "score saved samples (samples=...)",
     "diagnose": "regularity of the DDDM map along sampler trajectories and at data-derived x_t",
+    "report": "collect run directories (runs=...) into the paper's tables and figures",
 }
 log = logging.getLogger("rtkrun")
 HYDRA_FLAGS_WITH_VALUE = {

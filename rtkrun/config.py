@@ -201,7 +201,23 @@ class DiagnoseRun:
     ckpt: str | None = None
 
 
-COMMANDS = {"train": TrainRun, "sample": SampleRun, "evaluate": EvaluateRun, "diagnose": DiagnoseRun}
+@dataclass
+class ReportRun:
+    command: str
+    seed: int
+    logger: Any
+    evaluation: Any
+    runs: Any = "???"  # a directory or a list of directories
+    out: str = "outputs/tables"
+
+
+COMMANDS = {
+    "train": TrainRun,
+    "sample": SampleRun,
+    "evaluate": EvaluateRun,
+    "diagnose": DiagnoseRun,
+    "report": ReportRun,
+}
 
 
 # -- range checks used by the schemas' __post_init__ ---------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -30,14 +29,13 @@ from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
 from rtkrun.metrics.mog import projection_directions, sliced_w2_to_mixture
 from rtkrun.models.oracle import MogOracleConfig
 from rtkrun.models.oracle import build as build_oracle
-from rtkrun.report import write_table
+from rtkrun.report import T7_COLUMNS, fit_exponent, write_table
 from rtkrun.runs import write_json
 from rtkrun.samplers.ddpm import ddpm
 from rtkrun.seeding import SampleNoise
 
 GRIDS = ["uniform", "benton", "logsnr"]
 LADDER = sorted({round(2 ** (k / 2)) for k in range(0, 25)})  # 1, 2, 3, 4, 6, 8, 11, 16, … 4096
-COLUMNS = ["dim", "grid", "steps", "quality_ratio", "evaluations", "n", "seeds", "tol", "run_dir"]
 
 
 def search(passes, ladder: list[int]) -> tuple[int | None, int]:
@@ -102,15 +100,6 @@ def run_case(d: int, grid: str, args, root: Path) -> dict:
     return {**row, "run_dir": str(run_dir)}
 
 
-def fit_exponent(rows: list[dict]) -> float | None:
-    """Least-squares slope of log(steps) against log(d)."""
-    pts = [(math.log(r["dim"]), math.log(r["steps"])) for r in rows if r["steps"]]
-    if len(pts) < 2:
-        return None
-    mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
-
-
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -159,7 +148,7 @@ def main() -> None:
         "(steps ∝ d^k): " + ", ".join(f"{g} {k:.2f}" if k is not None else f"{g} n/a" for g, k in fits.items()) + "."
     )
     out.mkdir(parents=True, exist_ok=True)
-    write_table(rows, COLUMNS, out / "T7", "T7: DDPM steps vs dimension with the exact score", note)
+    write_table(rows, T7_COLUMNS, out / "T7", "T7: DDPM steps vs dimension with the exact score", note)
     plot(rows, out / "T7.png")
     print(f"{len(rows)} T7 rows in {out} after {time.time() - started:.0f} s; exponents {fits}")
     if args.docs:

@@ -67,3 +67,47 @@ def test_nfe_budget_fits_every_sampler():
             }[name]
             assert expected <= nfe, (name, nfe, s)
             assert expected >= 0.75 * nfe, (name, nfe, s)
+
+
+def test_report_command_sorts_runs_into_tables(tmp_path):
+    import json as _json
+
+    from tests.conftest import run_cli
+
+    root = tmp_path / "runs"
+    proc = run_cli(
+        "train",
+        "experiment=t6_mog",
+        "trainer.max_steps=3",
+        "trainer.batch_size=500",
+        f"hydra.run.dir={root / 't6' / 'large'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    t7 = root / "t7" / "d8_uniform"
+    t7.mkdir(parents=True)
+    for d, steps in ((8, 16), (32, 32)):
+        job = root / "t7" / f"d{d}_uniform"
+        job.mkdir(parents=True, exist_ok=True)
+        (job / "metrics.json").write_text(
+            _json.dumps({"dim": d, "grid": "uniform", "steps": steps, "curve": {"16": 1.5}, "n": 100})
+        )
+    failed = root / "sweep" / "job0" / ".hydra"
+    failed.mkdir(parents=True)
+    (failed / "config.yaml").write_text(
+        "command: sample\nseed: 0\nmodel: {name: mog_oracle}\ndataset: {dim: 2}\nsampler: {name: ddim, steps: 5}\n"
+    )
+    out = tmp_path / "tables"
+    proc = run_cli("report", f"runs={root}", f"out={out}", f"hydra.run.dir={tmp_path / 'report'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("T6", "T7", "T1_T2"):
+        for suffix in (".csv", ".md", ".tex"):
+            assert (out / f"{name}{suffix}").is_file(), name + suffix
+    assert "large" in (out / "T6.md").read_text()
+    assert "failed or unfinished" in (out / "T1_T2.md").read_text()  # never silently dropped
+    assert "uniform 0.50" in (out / "T7.md").read_text()  # 16 → 32 steps over 8 → 32: exponent 1/2
+    assert "\\begin{tabular}" in (out / "T6.tex").read_text()
+    metrics = _json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["rows/T6"] == 1 and metrics["rows/T7"] == 2 and metrics["rows/T1_T2"] == 1
+    missing = run_cli("report", f"runs={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr

@@ -10,7 +10,8 @@ from scipy.stats import norm
 
 from rtkrun.data.mog import GaussianMixture
 from rtkrun.metrics.mog import projected_quantiles, sliced_w2_to_mixture
-from scripts.make_t7 import LADDER, fit_exponent, search
+from rtkrun.report import fit_exponent
+from scripts.make_t7 import LADDER, search
 
 
 def test_projected_quantiles_are_exact():

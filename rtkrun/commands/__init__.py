@@ -92,6 +92,10 @@ def run_command(cfg: DictConfig, run_dir: Path) -> Any:
         from rtkrun.commands.diagnose import diagnose
 
         return diagnose(run, run_dir)
+    if run.command == "report":
+        from rtkrun.commands.report import report
+
+        return report(run, run_dir)
     from rtkrun.commands.evaluate import evaluate
 
     return evaluate(run, run_dir)

@@ -1,0 +1,90 @@
+"""``rtkrun report``: sort every run directory under ``runs`` into the tables it feeds and write
+them (CSV, Markdown, LaTeX) with their figures into ``out``. Rows come only from run
+directories; failed or unfinished jobs are listed as such."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rtkrun import runs as run_files
+from rtkrun.commands.common import provenance
+from rtkrun.errors import RtkrunError
+from rtkrun.report import (
+    SAMPLE_COLUMNS,
+    T3_COLUMNS,
+    T6_COLUMNS,
+    T7_COLUMNS,
+    diagnose_rows,
+    find_runs,
+    fit_exponent,
+    is_t7_run,
+    plot_quality_vs_nfe,
+    sample_row,
+    t6_row,
+    t7_row,
+    write_table,
+)
+
+log = logging.getLogger("rtkrun")
+
+
+def _kind(run_dir: Path) -> str:
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    command = cfg.get("command")
+    if command == "train":
+        trainer, model = cfg.get("trainer") or {}, cfg.get("model") or {}
+        return "T6" if trainer.get("fixed_t") is not None and model.get("name") == "mog_student" else "other"
+    return {"sample": "T1_T2", "diagnose": "T3"}.get(command, "other")
+
+
+def report(run, run_dir: Path) -> dict[str, Any]:
+    roots = [Path(r) for r in ([run.runs] if isinstance(run.runs, str) else list(run.runs))]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise RtkrunError(f"runs={missing[0]} is not a directory; pass runs=<dir> or runs=[<dir>,<dir>]")
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[Path]] = {"T1_T2": [], "T3": [], "T6": [], "other": []}
+    for found in find_runs(roots):
+        groups[_kind(found)].append(found)
+    t7_dirs = sorted({p.parent for root in roots for p in root.rglob("metrics.json") if is_t7_run(p.parent)})
+    written: dict[str, Any] = {}
+    if groups["T1_T2"]:
+        rows = [sample_row(p) for p in groups["T1_T2"]]
+        write_table(rows, SAMPLE_COLUMNS, out / "T1_T2", "T1/T2: samplers on the mixture of Gaussians")
+        plot_quality_vs_nfe([r for r in rows if r.get("status") == "complete"], out / "T1_T2.png")
+        written["T1_T2"] = len(rows)
+    if groups["T3"]:
+        rows = [row for p in groups["T3"] for row in diagnose_rows(p)]
+        write_table(rows, T3_COLUMNS, out / "T3", "T3: regularity of the learned DDDM map")
+        written["T3"] = len(rows)
+    if groups["T6"]:
+        rows = []
+        for p in groups["T6"]:
+            try:
+                rows.append(t6_row(p))
+            except (OSError, ValueError, KeyError, IndexError):
+                rows.append({"label": p.name, "run_dir": str(p), "init": "failed or unfinished"})
+        write_table(rows, T6_COLUMNS, out / "T6", "T6: learning regimes of the tanh student")
+        written["T6"] = len(rows)
+    if t7_dirs:
+        rows = [t7_row(p) for p in t7_dirs]
+        grids = sorted({r["grid"] for r in rows})
+        fits = {g: fit_exponent([r for r in rows if r["grid"] == g]) for g in grids}
+        note = "Fitted exponents (steps ∝ d^k): " + ", ".join(
+            f"{g} {k:.2f}" if k is not None else f"{g} n/a" for g, k in fits.items()
+        )
+        write_table(rows, T7_COLUMNS, out / "T7", "T7: DDPM steps vs dimension with the exact score", note)
+        written["T7"] = len(rows)
+        written.update({f"T7/exponent/{g}": k for g, k in fits.items()})
+    if not written:
+        raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T3, T6, T7)")
+    metrics = {"status": "complete", **provenance(run.seed), "out": str(out), "skipped": len(groups["other"])}
+    metrics.update({f"rows/{k}": v for k, v in written.items()})
+    run_files.write_json(run_dir / "metrics.json", metrics)
+    log.info("tables %s written to %s", ", ".join(k for k in written if "/" not in k), out.resolve())
+    return metrics
