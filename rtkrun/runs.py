@@ -128,3 +128,37 @@ def file_digest(path: Path, algorithm: str) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on ``run_dir/.rtkrun.lock`` for the rest of this process, so two
+    rtkrun processes never write one run directory at once. The kernel drops the lock when the
+    process ends, however it ends (SIGKILL included), so a stale lock cannot block a resume.
+    Under torchrun only rank 0 takes it (the ranks share the directory by design)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks
+        return
+    key = Path(run_dir).resolve()
+    if key in _HELD_LOCKS:
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    path = key / ".rtkrun.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        owner = path.read_text().strip() or "unknown"
+        raise RtkrunError(
+            f"{run_dir} is in use by another rtkrun process (pid {owner}); "
+            "wait for it to finish or choose another hydra.run.dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD_LOCKS[key] = fd

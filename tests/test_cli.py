@@ -176,3 +176,44 @@ def test_missing_and_corrupt_checkpoints(trained, tmp_path):
     assert "is unreadable" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
     proc = run_cli("sample", f"ckpt={trained}", "dataset.radius=5", cwd=tmp_path)
     assert proc.returncode != 0 and "fixes dataset, model and schedule" in proc.stdout + proc.stderr
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
+    import os
+    import signal
+    import time
+
+    run_dir = tmp_path / "busy"
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "rtkrun", "train", "trainer.max_steps=1000000", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "train.log").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (run_dir / ".rtkrun.lock").read_text().strip() == str(first.pid)
+        hydra_files = snapshot(run_dir / ".hydra")
+        second = run_cli("train", "trainer.max_steps=1000000", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert second.returncode == 2
+        assert f"is in use by another rtkrun process (pid {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert snapshot(run_dir / ".hydra") == hydra_files  # the running job's record is untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the kernel released the lock with the killed process: the directory is usable again
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from rtkrun.runs import lock_run_dir; lock_run_dir(__import__('pathlib').Path({str(run_dir)!r}))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 0, probe.stderr

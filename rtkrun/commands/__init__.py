@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rtkrun.config import to_dict, validate
 from rtkrun.errors import RtkrunError
-from rtkrun.runs import resolve_checkpoint
+from rtkrun.runs import lock_run_dir, resolve_checkpoint
 
 # Keys that may change when a train run directory is reused (resume with more steps, a new
 # evaluation, another logger); everything else must match the run that is already there.
@@ -74,12 +74,14 @@ def preflight(cfg: DictConfig) -> Any:
             raise RtkrunError(
                 f"output directory {run_dir} is not writable ({existing}); set hydra.run.dir=<writable path>"
             )
+        lock_run_dir(run_dir)  # before Hydra writes .hydra/ into it
     return run
 
 
 def run_command(cfg: DictConfig, run_dir: Path) -> Any:
     run = validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)  # sweep jobs (and in-process callers) lock their own directory here
     if run.command == "train":
         from rtkrun.commands.train import train
 
