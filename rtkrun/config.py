@@ -33,7 +33,8 @@ class TrainerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    grad_clip: float = 1.0  # max global grad norm; 0 disables (grad_clip_mode=fixed)
+    grad_clip_mode: str = "fixed"  # fixed | adaptive (EDM molecules: 1.5·mean + 2·std of the last 50 norms)
     ema_decay: float = 0.999
     t_min: float = 1e-3  # training times t ~ U(t_min, 1)
     discrete_steps: int = 0  # > 0: t on the grid {1/N, …, 1} (discrete-time training)
@@ -56,6 +57,7 @@ class TrainerConfig:
         _choice(self, "precision", ("fp32", "bf16"))
         _choice(self, "compile_mode", ("default", "reduce-overhead", "max-autotune"))
         _choice(self, "optimizer", ("adamw", "sgd"))
+        _choice(self, "grad_clip_mode", ("fixed", "adaptive"))
         if self.fixed_t is not None and not 0.0 < self.fixed_t <= 1.0:
             raise ConfigError(f"fixed_t must be in (0, 1] or null, got {self.fixed_t}")
         _at_least(self, "grad_accum", 1)

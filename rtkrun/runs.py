@@ -41,6 +41,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise RtkrunError(f"cannot write {path}: {e.strerror}; the previous file is unchanged") from e
 
 
+def cache_dir() -> Path:
+    """Where derived data is kept between runs (prepared datasets, FID statistics):
+    ``$RTKRUN_CACHE``, else ``$XDG_CACHE_HOME/rtkrun``, else ``~/.cache/rtkrun``."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "rtkrun"
+    return Path(os.environ.get("RTKRUN_CACHE", default)).expanduser()
+
+
 def _json_safe(value: Any) -> Any:
     """JSON has no NaN/Inf: write them as null so every file stays standard JSON."""
     if isinstance(value, float) and not math.isfinite(value):

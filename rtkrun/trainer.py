@@ -42,6 +42,42 @@ def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Te
     return torch.stack([dataset[int(i)][0] for i in indices])
 
 
+class AdaptiveClip:
+    """EDM-for-molecules' adaptive gradient clipping (Hoogeboom et al. 2022, code release): the
+    limit is 1.5·mean + 2·std of the last ``window`` recorded norms (starting from one record of
+    3000), and a clipped step records the limit rather than its norm. All on the device: no sync."""
+
+    def __init__(self, device, window: int = 50) -> None:
+        self.history = torch.zeros(window, device=device, dtype=torch.float64)
+        self.count = torch.ones((), device=device, dtype=torch.long)
+        self.history[0] = 3000.0
+
+    def limit(self) -> torch.Tensor:
+        n = self.count.clamp(max=len(self.history))
+        valid = torch.arange(len(self.history), device=self.history.device) < n
+        mean = (self.history * valid).sum() / n
+        var = (((self.history - mean) * valid) ** 2).sum() / n  # population std, as numpy's default
+        return 1.5 * mean + 2.0 * var.sqrt()
+
+    @torch.no_grad()
+    def __call__(self, parameters) -> torch.Tensor:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
+        limit = self.limit()
+        torch._foreach_mul_(grads, (limit / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype))
+        slot = self.count % len(self.history)
+        self.history[slot] = torch.minimum(norm, limit)
+        self.count += 1
+        return norm
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"history": self.history.cpu(), "count": self.count.cpu()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.history.copy_(state["history"])
+        self.count.copy_(state["count"])
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model, one fused call over all parameters."""
@@ -81,6 +117,7 @@ class Trainer:
         self.seed = run.seed
         self.model = model
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.adaptive_clip = AdaptiveClip(device)
         self.dataset = dataset
         self.device = device
         self.run_dir = run_dir
@@ -162,6 +199,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "buffer": None if self.objective.buffer is None else self.objective.buffer.z.cpu(),
             "rng": _rng_states(),
+            "grad_norms": self.adaptive_clip.state(),
             "config": self.config_dict,
             "model_name": self.config_dict["model"]["name"],
         }
@@ -187,6 +225,8 @@ class Trainer:
                 )
             self.objective.buffer.z.copy_(state["buffer"])
         _set_rng_states(state["rng"])
+        if state.get("grad_norms") is not None:
+            self.adaptive_clip.load(state["grad_norms"])
         self.step = int(state["step"])
 
     # -- the loop --------------------------------------------------------------------------------
@@ -216,7 +256,8 @@ class Trainer:
             else:
                 x0 = get_batch(self.dataset, mine, epoch, self.seed)
             x0 = x0.to(self.device, non_blocking=True)
-            inputs = LossInputs(x0, mine.to(self.device), epoch, shard)
+            space = self.dataset.space_of(x0) if hasattr(self.dataset, "space_of") else None
+            inputs = LossInputs(x0, mine.to(self.device), epoch, shard, space)
             last = k == self.micro_batches - 1
             # DDP all-reduces gradients on the last micro-batch only
             with contextlib.nullcontext() if last or world == 1 else self.train_model.no_sync():
@@ -224,7 +265,9 @@ class Trainer:
                     part = self.objective(self.train_model, inputs, self.generator)
                 (part / self.micro_batches).backward()
             loss += part.detach() / self.micro_batches
-        if tc.grad_clip > 0:
+        if tc.grad_clip_mode == "adaptive":
+            self.adaptive_clip(self.model.parameters())
+        elif tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         return loss, lr
 

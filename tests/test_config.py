@@ -30,8 +30,11 @@ def test_every_group_option_composes(group):
             overrides += ["dataset.layout=pair", "dataset.n_components=2"]
         if option.startswith(("dddm_unet", "default_cifar10")):
             overrides += ["dataset=cifar10"]
+        if option.startswith(("egnn", "default_qm9")):
+            overrides += ["dataset=qm9"]
         run = validate(compose_cfg("train", overrides))
-        assert getattr(run, group).name == option.removesuffix("_small").replace("default_cifar10", "dddm_unet")
+        expected = {"default_cifar10": "dddm_unet", "default_qm9": "egnn"}.get(option, option.removesuffix("_small"))
+        assert getattr(run, group).name == expected
 
 
 @pytest.mark.parametrize("option", GROUP_OPTIONS["sampler"])

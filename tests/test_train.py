@@ -10,7 +10,6 @@ from rtkrun import runs
 from rtkrun.commands import run_command
 from rtkrun.commands.common import build_parts, draw_samples, score
 from rtkrun.config import validate
-from rtkrun.data import mog
 from rtkrun.diffusion.objectives import Objective
 from rtkrun.errors import RtkrunError
 from tests.conftest import compose_cfg
@@ -48,7 +47,7 @@ def test_default_model_learns(tmp_path):
     run = validate(compose_cfg("train", overrides))
     dataset, schedule, model = build_parts(run, run.seed)  # the same initialisation, untrained
     sampler = run.evaluation.samplers["ddim50"]
-    samples, _ = draw_samples(model, sampler, schedule, mog, dataset.sample_shape, 2000, 2000, 0, torch.device("cpu"))
+    samples, _ = draw_samples(model, sampler, schedule, dataset, 2000, 2000, 0, torch.device("cpu"))
     initial = score(dataset, samples, run.evaluation)["sliced_w2"]
     trained = metrics["eval/ddim50/sliced_w2"]
     assert trained * 5 <= initial, (trained, initial)

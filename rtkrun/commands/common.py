@@ -59,29 +59,53 @@ def build_parts(run, seed: int):
 
 
 def draw_samples(
-    model, sampler_cfg, schedule, dataset_module, sample_shape, n: int, batch_size: int, seed: int, device: torch.device
+    model, sampler_cfg, schedule, dataset, n: int, batch_size: int, seed: int, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size."""
+    """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size.
+    Datasets on a subspace (molecules) start each batch themselves: they draw the atom counts,
+    bind the node mask into the denoiser and project every noise draw; ``info["extras"]``
+    then holds the node masks."""
     fn = SAMPLERS[sampler_cfg.name][1]
     settings = settings_for(sampler_cfg)
-    chunks, nfe, stats = [], 0, {}
+    module = DATASETS[dataset.cfg.name][1]
+    chunks, masks, nfe, stats = [], [], 0, {}
     start_time = time.time()
     model.eval()
     for start in range(0, n, batch_size):
         noise = SampleNoise.for_range(seed, start, min(start + batch_size, n), device=device)
-        x_T = dataset_module.prior(noise, tuple(sample_shape))
-        result = fn(model, x_T, schedule, generator=noise, **settings)
+        denoiser = model
+        if hasattr(dataset, "sampling_start"):
+            x_T, space, noise = dataset.sampling_start(noise)
+            denoiser = module.BoundDenoiser(model, space)
+            masks.append(space.mask.cpu())
+        else:
+            x_T = module.prior(noise, tuple(dataset.sample_shape))
+        result = fn(denoiser, x_T, schedule, generator=noise, **settings)
         chunks.append(result.x0.detach().cpu())
         nfe, stats = result.nfe, result.stats
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - start_time
-    return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats, "settings": settings}
+    extras = {"node_mask": torch.cat(masks)} if masks else {}
+    return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats, "settings": settings, "extras": extras}
 
 
-def score(dataset, samples: torch.Tensor, evaluation, device: torch.device | None = None) -> dict[str, Any]:
+def score(
+    dataset, samples: torch.Tensor, evaluation, device: torch.device | None = None, extras: dict | None = None
+) -> dict[str, Any]:
     """The dataset's metrics of ``samples``: for the MoG each with its true-vs-true baseline; for
-    images FID with its sample count."""
+    images FID with its sample count; for molecules EDM's stability, validity, uniqueness and
+    novelty (``extras["node_mask"]`` says which rows are atoms)."""
+    if dataset.cfg.name == "qm9":
+        from rtkrun.data.qm9 import decode, mask_of
+        from rtkrun.metrics import molecules
+
+        mask = (extras or {}).get("node_mask")
+        mask = mask_of(samples) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        numbers, positions = decode(samples, mask)
+        scores = molecules.score_molecules(numbers, positions, molecules.training_smiles(dataset))
+        scores["nan_count"] = int(torch.isnan(samples).any(-1).any(-1).sum())
+        return scores
     if dataset.cfg.name == "mog":
         return mog_metrics.score_samples(
             dataset.mixture,
@@ -100,6 +124,12 @@ def score(dataset, samples: torch.Tensor, evaluation, device: torch.device | Non
 
 def describe(scores: dict[str, Any]) -> str:
     """One line for logs and picture titles."""
+    if "mol_stability" in scores:
+        return (
+            f"atom stability {100 * scores['atom_stability']:.1f}, molecule stability "
+            f"{100 * scores['mol_stability']:.1f}, valid {100 * scores['validity']:.1f}, "
+            f"V×U {100 * scores['valid_x_unique']:.1f} (n={scores['n_molecules']})"
+        )
     if "fid" in scores:
         return f"FID {scores['fid']:.3f} (n={scores['fid_n']} vs {scores['fid_reference_n']} training images)"
     return (
@@ -109,12 +139,25 @@ def describe(scores: dict[str, Any]) -> str:
 
 
 def save_samples(
-    path: Path, samples: torch.Tensor, *, seed: int, dataset_cfg, sampler_cfg, nfe: int, dataset=None, title: str = ""
+    path: Path,
+    samples: torch.Tensor,
+    *,
+    seed: int,
+    dataset_cfg,
+    sampler_cfg,
+    nfe: int,
+    dataset=None,
+    title: str = "",
+    extras: dict | None = None,
 ) -> None:
-    """``<path>.npz`` (samples, seed, configs) and ``<path>.png`` (the dataset's picture), atomically."""
+    """``<path>.npz`` (samples, seed, configs, extras such as node masks), ``<path>.png`` (the
+    dataset's picture) and the dataset's own files (molecules: ``<path>.sdf``), atomically."""
+    extras = {k: torch.as_tensor(v).numpy() for k, v in (extras or {}).items()}
+    module = DATASETS[dataset_cfg.name][1]
     buf = io.BytesIO()
     np.savez(
         buf,
+        **extras,
         x0=samples.numpy(),
         seed=seed,
         nfe=nfe,
@@ -125,8 +168,10 @@ def save_samples(
     if dataset is not None:
         png = path.with_suffix(".png")
         tmp = png.with_name(f".{png.stem}.tmp.png")
-        DATASETS[dataset_cfg.name][1].save_picture(samples, dataset, tmp, title=title)
+        module.save_picture(samples, dataset, tmp, title=title, **extras)
         tmp.replace(png)
+    if hasattr(module, "write_files"):
+        module.write_files(samples, path, **extras)
 
 
 def provenance(seed: int) -> dict[str, Any]:

@@ -49,21 +49,35 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
         x0 = dataset.mixture.sample(n, gen)
     else:  # n training examples, drawn without replacement
         x0 = dataset.get_batch(torch.randperm(len(dataset), generator=gen)[:n]).double().cpu()
+    # Molecules live on a subspace (real atoms, zero centre of mass): noise is projected into it
+    # and the denoiser gets the batch's node mask, so F maps the subspace to itself.
+    space = dataset.space_of(x0) if hasattr(dataset, "space_of") else None
+    denoiser = model if space is None else bind(model, space, device)
     out = []
     for t in dc.noise_levels:
         tt = torch.full((x0.shape[0],), float(t), dtype=torch.float64)
         a, s = schedule.alpha_sigma(tt)
-        x_t = expand_like(a, x0) * x0 + expand_like(s, x0) * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        eps = eps if space is None else space.project(eps)
+        x_t = expand_like(a, x0) * x0 + expand_like(s, x0) * eps
         x_t, tt = x_t.to(device), tt.to(device)
         with torch.no_grad():
-            z = model(x_t, tt)
-        out.append({"source": "data", "t": float(t), "level": -1, "iteration": -1, "x": x_t, "z": z})
+            z = denoiser(x_t, tt)
+        out.append(
+            {"source": "data", "t": float(t), "level": -1, "iteration": -1, "x": x_t, "z": z, "denoiser": denoiser}
+        )
     if dc.trajectory:
         recorded = []
         noise = SampleNoise.for_range(run.seed, 0, n, device=device, dtype=torch.float64)
+        traj_denoiser = model
+        if hasattr(dataset, "sampling_start"):
+            x_T, traj_space, noise = dataset.sampling_start(noise)
+            traj_denoiser = bind(model, traj_space, device)
+        else:
+            x_T = noise.randn(*dataset.sample_shape)
         SAMPLERS[run.sampler.name][1](
-            model,
-            noise.randn(*dataset.sample_shape),
+            traj_denoiser,
+            x_T,
             schedule,
             generator=noise,
             callback=recorded.append,
@@ -81,9 +95,17 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
                     "iteration": int(info.get("iteration", 0)),
                     "x": info["x"].detach(),
                     "z": z.detach(),
+                    "denoiser": traj_denoiser,
                 }
             )
     return out
+
+
+def bind(model, space, device: torch.device):
+    """The molecule denoiser with a batch's node mask bound in (outputs projected)."""
+    from rtkrun.data.qm9 import BoundDenoiser, MoleculeSpace
+
+    return BoundDenoiser(model, MoleculeSpace(space.mask.to(device)))
 
 
 def _summaries(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -140,8 +162,10 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
         t = torch.full((n,), p["t"], dtype=torch.float64, device=device)
         sigma = dc.sigma or schedule.sigma(torch.tensor(p["t"], dtype=torch.float64)).item()
 
-        def F(zz, xx, tt):  # the DDDM map at (x_t, t): F(z) = x_t − f(z, x_t, t)
-            return xx - model(xx, tt, zz)
+        denoiser = p["denoiser"]
+
+        def F(zz, xx, tt, denoiser=denoiser):  # the DDDM map at (x_t, t): F(z) = x_t − f(z, x_t, t)
+            return xx - denoiser(xx, tt, zz)
 
         if estimator == "exact":
             chain = bound_chain(F, x, z, sigma, context=(x, t))

@@ -39,6 +39,7 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
     try:
         with np.load(path) as f:
             x0 = torch.from_numpy(f["x0"])
+            extras = {k: torch.from_numpy(f[k]) for k in ("node_mask",) if k in f.files}
             saved_dataset = json.loads(str(f["dataset_config"])) if "dataset_config" in f.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise RtkrunError(
@@ -52,7 +53,7 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
         raise RtkrunError(
             f"{path} holds samples of shape {tuple(x0.shape[1:])}, the dataset expects {tuple(dataset.sample_shape)}"
         )
-    scores = score(dataset, x0, run.evaluation, resolve_device(run.device))
+    scores = score(dataset, x0, run.evaluation, resolve_device(run.device), extras)
     metrics = {"status": "complete", **provenance(run.seed), "samples": str(path), **flatten("evaluate", scores)}
     runs.write_json(run_dir / "metrics.json", metrics)
     log.info("%s; %s", describe(scores), run_dir.resolve())

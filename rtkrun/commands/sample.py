@@ -19,7 +19,6 @@ from rtkrun.commands.common import (
     save_samples,
     score,
 )
-from rtkrun.data import DATASETS
 
 log = logging.getLogger("rtkrun")
 
@@ -32,14 +31,13 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         model,
         run.sampler,
         schedule,
-        DATASETS[run.dataset.name][1],
-        dataset.sample_shape,
+        dataset,
         run.n_samples,
         run.batch_size,
         run.seed,
         device,
     )
-    scores = score(dataset, samples, run.evaluation, device)
+    scores = score(dataset, samples, run.evaluation, device, info["extras"])
     save_samples(
         run_dir / "samples" / "samples",
         samples,
@@ -49,6 +47,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         nfe=info["nfe"],
         dataset=dataset,
         title=f"{run.sampler.name}, NFE {info['nfe']}: {describe(scores)}",
+        extras=info["extras"],
     )
     metrics = {
         "status": "complete",

@@ -22,7 +22,6 @@ from rtkrun.commands.common import (
     score,
 )
 from rtkrun.config import to_dict
-from rtkrun.data import DATASETS
 from rtkrun.loggers import NullTracker, make_tracker
 from rtkrun.metrics.mog import mean_recovery
 from rtkrun.models import needs_training
@@ -66,21 +65,19 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         eval_model = model
     metrics["train/parameters"] = sum(p.numel() for p in model.parameters())
 
-    dataset_module = DATASETS[run.dataset.name][1]
     ev = run.evaluation
     for label, sampler_cfg in ev.samplers.items():
         samples, info = draw_samples(
             eval_model,
             sampler_cfg,
             schedule,
-            dataset_module,
-            dataset.sample_shape,
+            dataset,
             ev.n_samples,
             ev.batch_size,
             ev.seed,
             device,
         )
-        scores = score(dataset, samples, ev, device)
+        scores = score(dataset, samples, ev, device, info["extras"])
         save_samples(
             run_dir / "samples" / label,
             samples,
@@ -90,6 +87,7 @@ def train(run, run_dir: Path) -> dict[str, Any]:
             nfe=info["nfe"],
             dataset=dataset,
             title=f"{label}: {describe(scores)}",
+            extras=info["extras"],
         )
         metrics.update(flatten(f"eval/{label}", {**scores, "nfe": info["nfe"], "seconds": info["seconds"]}))
         log.info("%s: %s, NFE %d, %.2f s", label, describe(scores), info["nfe"], info["seconds"])

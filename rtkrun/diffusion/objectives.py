@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,10 +23,11 @@ from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.distributed import all_gather_rows
 
 
-def distance(a: torch.Tensor, b: torch.Tensor, kind: str, huber_c: float) -> torch.Tensor:
+def distance(a: torch.Tensor, b: torch.Tensor, kind: str, huber_c: float, space=None) -> torch.Tensor:
     """Per-sample distance, shape (B,). ``mse``: mean of squares; ``pseudo_huber``:
-    √(mean of squares + c²) − c (the per-coordinate-mean convention, so c does not scale with d)."""
-    mse = ((a - b) ** 2).flatten(1).mean(1)
+    √(mean of squares + c²) − c (the per-coordinate-mean convention, so c does not scale with d).
+    With a ``space`` the mean runs over the sample's own entries (a molecule's real atoms)."""
+    mse = ((a - b) ** 2).flatten(1).mean(1) if space is None else space.mean_sq(a, b)
     if kind == "mse":
         return mse
     return torch.sqrt(mse + huber_c**2) - huber_c
@@ -39,6 +41,9 @@ class LossInputs:
     # Data parallel or accumulated: (first row, rows in the whole step) of this shard. The noise
     # of the whole step's batch is drawn and sliced, so any split sees the noise one call would.
     shard: tuple[int, int] | None = None
+    # The subspace the batch lives in (molecules: real atoms, zero centre of mass), or None for
+    # R^d: noise is projected into it, the model gets its ``cond`` and distances its ``mean_sq``.
+    space: Any = None
 
     def rows(self) -> tuple[int, slice]:
         """(how many rows to draw noise for, which of them are this shard's)."""
@@ -128,37 +133,45 @@ class Objective:
         alpha, sigma = self.schedule.alpha_sigma(t64)
         alpha, sigma, t = alpha.to(x0.dtype), sigma.to(x0.dtype), t64.to(x0.dtype)
         eps = torch.randn((n, *x0.shape[1:]), generator=generator, device=device, dtype=x0.dtype)[mine]
+        space, cond = batch.space, ({} if batch.space is None else batch.space.cond)
+        if space is not None:
+            eps = space.project(eps)
         x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
 
         weight = self.weight(alpha, sigma)
         if self.kind == "dddm":
             return self._dddm(model, x0, x_t, t, batch, generator, weight)
-        x0_hat = model(x_t, t, None)
+        x0_hat = model(x_t, t, None, **cond)
         if self.posterior_mean is not None:
             with torch.no_grad():
                 x0 = self.posterior_mean(x_t, alpha, sigma).to(x0.dtype)
             eps = eps_from_x0(x_t, x0, alpha, sigma)
         if self.kind == "eps":
-            return ((eps_from_x0(x_t, x0_hat, alpha, sigma) - eps) ** 2).flatten(1).mean(1).mean()
-        return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c)).mean()
+            return distance(eps_from_x0(x_t, x0_hat, alpha, sigma), eps, "mse", 0.0, space).mean()
+        return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c, space)).mean()
 
     def _dddm(self, model, x0, x_t, t, batch: LossInputs, generator, weight: torch.Tensor) -> torch.Tensor:
         z = self.buffer.read(batch.index).to(x0.dtype)
+        space, cond = batch.space, ({} if batch.space is None else batch.space.cond)
+        if space is not None:  # the buffer starts as N(0, I) in every coordinate
+            z = space.project(z)
         n, mine = batch.rows()
         use_estimate = torch.rand(n, generator=generator, device=x0.device)[mine] >= self.null_estimate_prob
         # Null rows take the model's own z=None path rather than a faked zero estimate: in one
         # call when the model takes a per-sample estimate mask, else by splitting the batch.
         if getattr(getattr(model, "module", model), "accepts_estimate_mask", False):  # unwrap DDP
-            x0_hat = model(x_t, t, z, estimate_mask=use_estimate).to(x0.dtype)
+            x0_hat = model(x_t, t, z, estimate_mask=use_estimate, **cond).to(x0.dtype)
         else:
+            if space is not None:
+                raise ValueError("a model on a subspace must accept estimate_mask")
             x0_hat = torch.empty_like(x0)
             if use_estimate.any():
                 x0_hat[use_estimate] = model(x_t[use_estimate], t[use_estimate], z[use_estimate])
             if (~use_estimate).any():
                 x0_hat[~use_estimate] = model(x_t[~use_estimate], t[~use_estimate], None)
         w = self.data_weight(batch.epoch)
-        data_term = distance(x0_hat, x0, self.distance_kind, self.huber_c)
-        estimate_term = distance(x0_hat, z, self.distance_kind, self.huber_c)
+        data_term = distance(x0_hat, x0, self.distance_kind, self.huber_c, space)
+        estimate_term = distance(x0_hat, z, self.distance_kind, self.huber_c, space)
         loss = torch.where(use_estimate, w * data_term + (1 - w) * estimate_term, data_term)
         # Null rows write their old estimate back: no boolean indexing, so no host sync.
         self.buffer.write(batch.index, torch.where(use_estimate.view(-1, *[1] * (x0.ndim - 1)), x0_hat.detach(), z))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rtkrun import runs
 from rtkrun.errors import RtkrunError
 from rtkrun.runs import file_digest
 
@@ -136,14 +137,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RTKRUN_CACHE", Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "rtkrun"))
-
-
 def reference_statistics(dataset, extractor: InceptionFeatures) -> tuple[np.ndarray, np.ndarray, int]:
-    """(μ, Σ, n) of the dataset's images, cached under ``cache_dir()`` by extractor and data."""
+    """(μ, Σ, n) of the dataset's images, cached under ``runs.cache_dir()`` by extractor and data."""
     key = f"fid_ref_{extractor.sha1[:12]}_{dataset.fingerprint()[:16]}_{len(dataset)}.npz"
-    path = cache_dir().expanduser() / key
+    path = runs.cache_dir() / key
     if path.is_file():
         try:
             with np.load(path) as f:

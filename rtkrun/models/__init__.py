@@ -1,7 +1,7 @@
 """Denoisers: ``forward(x_t, t, z=None) -> x0_hat``. ``MODELS`` maps a config name to
 (schema, builder(cfg, dataset, schedule))."""
 
-from rtkrun.models import mlp, oracle, student, unet
+from rtkrun.models import egnn, mlp, oracle, student, unet
 
 MODELS = {
     "mog_mlp": (mlp.MogMLPConfig, mlp.build),
@@ -9,6 +9,7 @@ MODELS = {
     "mog_student": (student.MogStudentConfig, student.build),
     "mog_flow_oracle": (oracle.MogFlowOracleConfig, oracle.build_flow),
     "dddm_unet": (unet.UNetConfig, unet.build),
+    "egnn": (egnn.EGNNConfig, egnn.build),
 }
 
 # Which datasets each model can serve (checked before any work starts).
@@ -18,6 +19,7 @@ MODEL_DATASETS = {
     "mog_student": {"mog"},
     "mog_flow_oracle": {"mog"},
     "dddm_unet": {"cifar10"},
+    "egnn": {"qm9"},
 }
 
 

@@ -1,0 +1,283 @@
+"""QM9 under the EDM protocol (Hoogeboom et al. 2022; REFERENCE.md §3).
+
+A molecule is a (29, 9) array: centred positions in Å (3), the one-hot of H, C, N, O, F
+scaled by 1/4 (5) and the atomic number scaled by 1/10 (1); rows past the atom count are zero.
+Split: the 130,831 characterised molecules in QM9-index order, ``np.random.seed(0)``
+permutation, then 100,000 train / 17,748 valid / 13,083 test. Noise on positions lives in the
+zero-centre-of-mass subspace (:class:`MoleculeSpace`), and sampling draws the atom count from
+the training histogram. The parsed table is cached as ``.npz`` (``runs.cache_dir()``), checked
+by a digest of its arrays on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rtkrun import runs
+from rtkrun.data.qm9_files import (
+    ATOMIC_NUMBER,
+    ELEMENTS,
+    FIELDS,
+    MAX_ATOMS,
+    DataError,
+    MoleculeTable,
+    qm9pack_files,
+    read_figshare,
+    read_qm9pack,
+)
+from rtkrun.errors import ConfigError
+
+log = logging.getLogger("rtkrun")
+
+N_TYPES = len(ELEMENTS)
+N_FEATURES = 3 + N_TYPES + 1
+ONE_HOT_SCALE, CHARGE_SCALE = 0.25, 0.1
+EDM_TRAIN_SIZE, EDM_CHARACTERISED = 100_000, 130_831
+SPLITS = ("train", "valid", "test")
+NUMBER_OF_TYPE = torch.tensor([ATOMIC_NUMBER[e] for e in ELEMENTS])
+
+
+@dataclass
+class QM9Config:
+    name: str = "qm9"
+    source: str = "qm9pack"  # qm9pack (PyPI, offline) | figshare (root: xyz directory or tarball)
+    root: str | None = None
+    split: str = "train"  # train | valid | test
+    limit: int | None = None  # first n molecules of the split (debugging, tests)
+    rebuild_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source not in ("qm9pack", "figshare"):
+            raise ConfigError(f"source={self.source!r} is unknown; choose qm9pack or figshare")
+        if self.source == "figshare" and not self.root:
+            raise ConfigError("source=figshare needs dataset.root=<directory of xyz files or dsgdb9nsd.xyz.tar.bz2>")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split={self.split!r} is unknown; choose train, valid or test")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1 or null, got {self.limit}")
+
+
+def split_indices(n: int) -> dict[str, np.ndarray]:
+    """EDM's split of n molecules: a seed-0 permutation cut into train, valid, test. For the full
+    130,831 this is 100,000 / 17,748 / 13,083; smaller sets (fixtures) keep the proportions."""
+    perm = np.random.RandomState(0).permutation(n)
+    n_test = int(0.1 * n)
+    n_train = min(EDM_TRAIN_SIZE, round(n * EDM_TRAIN_SIZE / EDM_CHARACTERISED))
+    return {"train": perm[:n_train], "valid": perm[n_train : n - n_test], "test": perm[n - n_test :]}
+
+
+def table_digest(table: MoleculeTable) -> str:
+    h = hashlib.sha1()
+    for key in FIELDS:
+        h.update(np.ascontiguousarray(getattr(table, key)).tobytes())
+    return h.hexdigest()
+
+
+def _source_key(cfg: QM9Config) -> str:
+    """What the cache depends on: the files read (path, size, modification time)."""
+    if cfg.source == "qm9pack":
+        files, parts = qm9pack_files(), [f"qm9pack {metadata.version('qm9pack')}"]
+    else:
+        root = Path(cfg.root).expanduser().resolve()
+        if not root.exists():
+            read_figshare(root)  # raises the message that says where the files should be
+        files, parts = ([root] if root.is_file() else sorted(root.iterdir())), ["figshare"]
+    parts += [f"{p} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def load_table(cfg: QM9Config) -> MoleculeTable:
+    """All characterised molecules of the configured source, from the cache when it is valid."""
+    path = runs.cache_dir() / f"qm9_{cfg.source}_{_source_key(cfg)}.npz"
+    if path.is_file() and not cfg.rebuild_cache:
+        try:
+            with np.load(path) as f:
+                table, digest = MoleculeTable(*(f[k] for k in FIELDS)), str(f["digest"])
+            if table_digest(table) == digest:
+                return table
+            log.warning("%s fails its digest check; rebuilding it", path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            log.warning("%s is unreadable (%s); rebuilding it", path, e)
+    log.info("reading QM9 from %s (once; cached as %s)", cfg.source, path)
+    table = read_qm9pack() if cfg.source == "qm9pack" else read_figshare(cfg.root)
+    buf = io.BytesIO()
+    np.savez(buf, digest=table_digest(table), **table.arrays())
+    runs.atomic_write_bytes(path, buf.getvalue())
+    return table
+
+
+def encode(table: MoleculeTable) -> torch.Tensor:
+    """(M, 29, 9) float32: centred positions, one-hot/4, Z/10; zero rows for padding."""
+    numbers = torch.from_numpy(table.numbers.astype(np.int64))
+    mask = numbers > 0
+    pos = torch.from_numpy(table.positions)
+    pos = (pos - centre(pos, mask)) * mask[..., None]
+    type_index = torch.searchsorted(NUMBER_OF_TYPE, numbers.clamp(min=1))
+    one_hot = torch.nn.functional.one_hot(type_index, N_TYPES).float() * ONE_HOT_SCALE
+    return torch.cat([pos, one_hot, (numbers.float() * CHARGE_SCALE)[..., None]], -1) * mask[..., None]
+
+
+def centre(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 3) unweighted mean of the real atoms' positions."""
+    count = mask.sum(1, keepdim=True).clamp(min=1).to(pos.dtype)
+    return (pos * mask[..., None]).sum(1, keepdim=True) / count[..., None]
+
+
+def mask_of(x0: torch.Tensor) -> torch.Tensor:
+    """Which rows of clean molecules are atoms: exactly the rows with a one-hot entry."""
+    return x0[..., 3 : 3 + N_TYPES].abs().sum(-1) > 0
+
+
+class MoleculeSpace:
+    """The linear subspace a batch of molecules lives in: real atoms only, positions with zero
+    centre of mass. Dimension per molecule (n − 1)·3 + n·6. ``project`` is the orthogonal
+    projection, so a projected standard normal is the standard normal of the subspace (EDM's
+    zero-CoM Gaussian)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask  # (B, 29) bool
+        self.entries = (mask.sum(1) * N_FEATURES).clamp(min=1)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.mask[..., None].to(x.dtype)
+        pos = x[..., :3] - centre(x[..., :3], self.mask)
+        return torch.cat([pos, x[..., 3:]], -1) * m
+
+    @property
+    def cond(self) -> dict[str, torch.Tensor]:
+        return {"node_mask": self.mask}
+
+    def mean_sq(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-molecule mean of squares over its real entries (padding does not dilute it)."""
+        return ((a - b) ** 2 * self.mask[..., None]).flatten(1).sum(1) / self.entries.to(a.dtype)
+
+    def dim(self) -> torch.Tensor:
+        n = self.mask.sum(1)
+        return (n - 1) * 3 + n * (N_FEATURES - 3)
+
+
+class SubspaceNoise:
+    """A sample-noise source whose draws of the sample's shape are projected into the space;
+    other draws (uniforms, per-sample scalars) pass through. Row i still depends only on (seed, i)."""
+
+    def __init__(self, noise, space: MoleculeSpace, sample_shape: tuple[int, ...]) -> None:
+        self.noise, self.space, self.sample_shape = noise, space, tuple(sample_shape)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        x = self.noise.randn(*shape)
+        return self.space.project(x) if tuple(shape) == self.sample_shape else x
+
+    def __getattr__(self, name: str):
+        return getattr(self.noise, name)
+
+    def __len__(self) -> int:
+        return len(self.noise)
+
+
+class BoundDenoiser(torch.nn.Module):
+    """``denoiser(x_t, t, z)`` of a molecule model with the batch's node mask bound in, so every
+    sampler keeps the one signature; outputs are projected into the batch's space."""
+
+    def __init__(self, model: torch.nn.Module, space: MoleculeSpace) -> None:
+        super().__init__()
+        self.model, self.space = model, space
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        return self.space.project(self.model(x_t, t, z, node_mask=self.space.mask, **kw))
+
+
+class QM9Dataset(Dataset):
+    """One split in memory; items are (molecule (29, 9), index within the split)."""
+
+    data_std = 1.0
+
+    def __init__(self, cfg: QM9Config) -> None:
+        self.cfg = cfg
+        table = load_table(cfg)
+        splits = split_indices(len(table))
+        train = table.take(splits["train"])
+        self.table = table.take(splits[cfg.split])
+        if cfg.limit is not None:
+            self.table = self.table.take(np.arange(min(cfg.limit, len(self.table))))
+        counts = np.bincount(train.n_atoms, minlength=MAX_ATOMS + 1).astype(np.float64)
+        self.atom_count_prior = counts / counts.sum()  # p(N) from the training split, whatever split is used
+        self.train = train  # novelty is measured against it
+        self.x = encode(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.x[index], index
+
+    @property
+    def sample_shape(self) -> tuple[int, int]:
+        return (MAX_ATOMS, N_FEATURES)
+
+    def to(self, device: torch.device) -> QM9Dataset:
+        self.x = self.x.to(device)
+        return self
+
+    def get_batch(self, indices: torch.Tensor, epoch: int | None = None, seed: int = 0) -> torch.Tensor:
+        return self.x[indices.to(self.x.device)]
+
+    def space_of(self, x0: torch.Tensor) -> MoleculeSpace:
+        return MoleculeSpace(mask_of(x0))
+
+    def sampling_start(self, noise, device: torch.device | str = "cpu"):
+        """(x_T, space, noise): the atom count of sample i from p(N) by its own stream, then its
+        zero-CoM Gaussian; the returned noise projects every later draw into the space."""
+        cdf = torch.from_numpy(np.cumsum(self.atom_count_prior))
+        u = noise.rand(1)[:, 0].double().cpu()
+        n_atoms = torch.searchsorted(cdf, u * cdf[-1]).clamp(1, MAX_ATOMS)
+        mask = (torch.arange(MAX_ATOMS)[None] < n_atoms[:, None]).to(noise.device)
+        space = MoleculeSpace(mask)
+        projected = SubspaceNoise(noise, space, self.sample_shape)
+        return projected.randn(*self.sample_shape), space, projected
+
+
+def build(cfg: QM9Config) -> QM9Dataset:
+    return QM9Dataset(cfg)
+
+
+def decode(x: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(atomic numbers (B, 29) with 0 for padding, positions (B, 29, 3) in Å): the type is the
+    arg-max of the one-hot part (EDM's rule; the Z/10 channel is not used)."""
+    types = x[..., 3 : 3 + N_TYPES].argmax(-1)
+    numbers = torch.where(mask, NUMBER_OF_TYPE.to(x.device)[types], 0)
+    return numbers.cpu().numpy().astype(np.int8), (x[..., :3] * mask[..., None]).cpu().numpy().astype(np.float64)
+
+
+def prior(noise, shape: tuple[int, ...]) -> torch.Tensor:
+    raise DataError("QM9 samples start from QM9Dataset.sampling_start (atom counts from the training prior)")
+
+
+def _mask(samples: torch.Tensor, node_mask) -> torch.Tensor:
+    return mask_of(samples) if node_mask is None else torch.as_tensor(node_mask, dtype=torch.bool)
+
+
+def save_picture(samples: torch.Tensor, dataset, path, title: str = "", node_mask=None) -> None:
+    """A PNG grid of 2-D depictions (RDKit) of the first 16 samples; invalid ones drawn as
+    their atoms with the inferred bonds, unsanitised."""
+    from rtkrun.metrics import molecules
+
+    numbers, positions = decode(samples[:16], _mask(samples, node_mask)[:16])
+    molecules.save_grid(numbers, positions, path, title=title)
+
+
+def write_files(samples: torch.Tensor, path: Path, node_mask=None) -> None:
+    """``<path>.sdf``: every sample with its inferred bonds and 3-D coordinates."""
+    from rtkrun.metrics import molecules
+
+    numbers, positions = decode(samples, _mask(samples, node_mask))
+    molecules.write_sdf(numbers, positions, Path(path).with_suffix(".sdf"))

@@ -1,0 +1,94 @@
+"""EDM's molecule metrics: the bond rule on hand-built cases, and the published data row
+reproduced on the real QM9 training molecules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtkrun.data import qm9
+from rtkrun.metrics import molecules
+
+
+def _pair(z1: int, z2: int, distance_angstrom: float) -> tuple[np.ndarray, np.ndarray]:
+    numbers = np.array([[z1, z2, 0]], np.int8)
+    positions = np.zeros((1, 3, 3))
+    positions[0, 1, 0] = distance_angstrom
+    return numbers, positions
+
+
+@pytest.mark.parametrize(
+    "z1,z2,distance,order",
+    [
+        (1, 1, 0.74, 1),  # H–H at its length
+        (1, 1, 0.839, 1),  # 74 + 10 pm margin, just inside
+        (1, 1, 0.841, 0),  # just outside
+        (6, 6, 1.54, 1),
+        (6, 6, 1.385, 2),  # below 134 + 5 pm
+        (6, 6, 1.395, 1),  # above it: single
+        (6, 6, 1.20, 3),
+        (6, 6, 1.235, 2),  # above 120 + 3 pm: double
+        (7, 8, 1.21, 2),  # N–O has no triple bond
+        (9, 9, 1.42, 1),
+        (6, 9, 1.46, 0),  # 135 + 10 pm = 1.45 Å
+    ],
+)
+def test_bond_order_follows_the_tabulated_lengths_and_margins(z1, z2, distance, order):
+    numbers, positions = _pair(z1, z2, distance)
+    orders = molecules.bond_orders(numbers, positions)
+    assert orders[0, 0, 1] == orders[0, 1, 0] == order
+    assert orders[0, 2].sum() == 0 and orders[0, :, 2].sum() == 0  # padding has no bonds
+
+
+def test_stability_of_hydrogen_and_of_a_broken_molecule():
+    numbers, positions = _pair(1, 1, 0.74)
+    assert molecules.stability(numbers, positions) == {"atom_stability": 1.0, "mol_stability": 1.0, "n_molecules": 1}
+    numbers, positions = _pair(1, 6, 1.09)  # C with one H: H stable, C not
+    scores = molecules.stability(numbers, positions)
+    assert scores["atom_stability"] == 0.5 and scores["mol_stability"] == 0.0
+
+
+def test_validity_uses_the_largest_fragment():
+    # Two molecules far apart (H2 and H2O-like O with two H): the largest fragment is water.
+    numbers = np.array([[8, 1, 1, 1, 1]], np.int8)
+    positions = np.array([[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0], [10, 0, 0], [10.74, 0, 0]]], float)
+    assert molecules.smiles_of(numbers, positions) == ["[H]O[H]"]  # hydrogens are explicit atoms, as in EDM
+
+
+@pytest.fixture(scope="module")
+def training_molecules(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RTKRUN_CACHE", str(tmp_path_factory.mktemp("qm9_cache")))
+        table = qm9.load_table(qm9.QM9Config())
+    return table.take(qm9.split_indices(len(table))["train"][:10_000])
+
+
+def test_metrics_on_real_training_molecules_reproduce_the_published_data_row(training_molecules):
+    """EDM's table, data row: atom 99.0, molecule 95.2, valid 97.7, V×U 97.7 (REFERENCE.md §3)."""
+    scores = molecules.score_molecules(training_molecules.numbers, training_molecules.positions.astype(np.float64))
+    atom, mol, valid, vxu = molecules.PUBLISHED["data (EDM table)"]
+    assert abs(100 * scores["mol_stability"] - mol) <= 0.5, scores
+    assert abs(100 * scores["validity"] - valid) <= 0.5, scores
+    assert abs(100 * scores["valid_x_unique"] - vxu) <= 0.5, scores
+    assert 99.0 <= 100 * scores["atom_stability"] <= 99.6, scores  # we measure 99.4; the paper prints 99.0
+    novel = molecules.score_molecules(
+        training_molecules.numbers[:200], training_molecules.positions[:200].astype(np.float64), reference_smiles=set()
+    )
+    assert novel["novelty"] == 1.0
+    own = set(s for s in molecules.smiles_of(training_molecules.numbers[:200], training_molecules.positions[:200]) if s)
+    assert molecules.score_molecules(
+        training_molecules.numbers[:200], training_molecules.positions[:200].astype(np.float64), reference_smiles=own
+    )["novelty"] == pytest.approx(0.0)
+
+
+def test_sdf_round_trips_through_rdkit(training_molecules, tmp_path):
+    from rdkit import Chem
+
+    numbers, positions = training_molecules.numbers[:5], training_molecules.positions[:5].astype(np.float64)
+    molecules.write_sdf(numbers, positions, tmp_path / "m.sdf")
+    read = [m for m in Chem.SDMolSupplier(str(tmp_path / "m.sdf"), sanitize=False)]
+    assert len(read) == 5
+    for b, mol in enumerate(read):
+        n = int((numbers[b] > 0).sum())
+        assert [a.GetAtomicNum() for a in mol.GetAtoms()] == numbers[b, :n].tolist()
+        np.testing.assert_allclose(mol.GetConformer().GetPositions(), positions[b, :n], atol=1e-4)
