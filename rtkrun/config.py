@@ -242,6 +242,8 @@ def _choice(obj: Any, key: str, options: tuple[str, ...]) -> None:
 def _typed(schema: type, node: Any, where: str) -> Any:
     """Merge ``node`` into ``schema`` and instantiate it; errors name ``where.key``."""
     prefix = f"{where}." if where else ""
+    if not isinstance(node, (dict, DictConfig)):
+        raise ConfigError(f"{where or 'config'} must be a group of settings (key: value), got {node!r}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         return OmegaConf.to_object(merged)
@@ -263,7 +265,7 @@ def typed_group(group: str, node: Any, where: str | None = None) -> Any:
     where = where or group
     registry = GROUPS[group]
     name = node.get("name") if isinstance(node, (dict, DictConfig)) else None
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ConfigError(f"{where}.name={name!r} is unknown; choose one of {', '.join(registry)}")
     return _typed(registry[name][0], node, where)
 
@@ -287,10 +289,14 @@ def validate(cfg: DictConfig | dict) -> Any:
     groups = {k: container[k] for k in GROUPS if k in container and k in names}
     rest = {k: v for k, v in container.items() if k not in groups}
     evaluation = rest.pop("evaluation", {})
+    if not isinstance(evaluation, (dict, DictConfig)):
+        raise ConfigError(f"evaluation must be a group of settings (key: value), got {evaluation!r}")
     trainer = rest.pop("trainer", None)
     diagnostics = rest.pop("diagnostics", None)
     typed = {k: typed_group(k, v) for k, v in groups.items()}
     typed_eval = _typed(EvaluationConfig, {**evaluation, "samplers": {}}, "evaluation")
+    if not isinstance(evaluation.get("samplers") or {}, (dict, DictConfig)):
+        raise ConfigError("evaluation.samplers must map labels to sampler configs, e.g. {ddim50: {name: ddim}}")
     typed_eval.samplers = {
         label: typed_group("sampler", node, f"evaluation.samplers.{label}")
         for label, node in (evaluation.get("samplers") or {}).items()

@@ -52,7 +52,7 @@ def test_train_samples_molecules_with_every_sampler(setup):
     for label in SAMPLERS:
         for key in ("atom_stability", "mol_stability", "validity", "uniqueness", "valid_x_unique", "novelty"):
             assert 0.0 <= metrics[f"eval/{label}/{key}"] <= 1.0, (label, key)
-        assert metrics[f"eval/{label}/n_molecules"] == 16 and metrics[f"eval/{label}/nan_count"] == 0
+        assert metrics[f"eval/{label}/n_molecules"] == 16 and metrics[f"eval/{label}/nonfinite"] == 0
         with np.load(run_dir / "samples" / f"{label}.npz") as f:
             x0, mask = f["x0"], f["node_mask"]
         assert x0.shape == (16, 29, 9) and mask.shape == (16, 29) and mask.dtype == bool
@@ -66,7 +66,12 @@ def test_train_samples_molecules_with_every_sampler(setup):
 
 @pytest.mark.parametrize(
     "sampler,nfe",
-    [(["sampler=ddpm", "sampler.steps=4"], 4), (["sampler=dddm", "sampler.iterations=3"], 3)],
+    [
+        (["sampler=ddpm", "sampler.steps=4"], 4),
+        (["sampler=dddm", "sampler.iterations=3"], 3),
+        (["sampler=pf_ode", "sampler.nfe=6"], 6),
+        (["sampler=rtk_uld", "sampler.nfe=12"], 12),
+    ],
 )
 def test_sample_and_evaluate_a_checkpoint(setup, sampler, nfe):
     cwd, run_dir, env = setup
@@ -83,3 +88,18 @@ def test_sample_and_evaluate_a_checkpoint(setup, sampler, nfe):
     rescored = json.loads((rescored_dir / "metrics.json").read_text())
     for key in ("atom_stability", "mol_stability", "validity", "valid_x_unique"):
         assert rescored[f"evaluate/{key}"] == metrics[f"sample/{key}"]
+
+
+def test_diagnose_runs_on_molecules(setup):
+    cwd, run_dir, env = setup
+    out = cwd / "diagnose"
+    proc = run_cli(
+        "diagnose", f"ckpt={run_dir}", "diagnostics.n_points=2", "diagnostics.noise_levels=[0.5]",
+        "diagnostics.iters=4", "diagnostics.probes=2", "diagnostics.restarts=1", "diagnostics.ascent_steps=2",
+        "sampler=dddm", "sampler.levels=1", "sampler.iterations=1", f"hydra.run.dir={out}", cwd=cwd, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["estimator"] == "lanczos" and metrics["dataset/dim"] == 29 * 9 and metrics["points"] == 4
+    rows = (out / "diagnostics" / "points.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all("nan" not in r for r in rows)

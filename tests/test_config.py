@@ -74,6 +74,10 @@ def test_dataset_brings_its_defaults():
         (["trainer.max_steps=-5"], "trainer.max_steps must be >= 1"),
         (["trainer.objective=foo"], "trainer.objective='foo' is unknown"),
         (["+evaluation.samplers.bad={name:ddim,steps:0}"], "evaluation.samplers.bad.steps must be >= 1"),
+        (["model=egnn"], "model=egnn does not fit dataset=mog; it serves qm9"),
+        (["dataset=qm9", "dataset.split=dev"], "dataset.split='dev' is unknown"),
+        (["dataset=qm9", "dataset.source=figshare"], "source=figshare needs dataset.root"),
+        (["dataset=qm9", "model.graph=sparse"], "model.graph='sparse' is unknown"),
     ],
 )
 def test_bad_values_name_the_key(overrides, fragment):

@@ -90,18 +90,16 @@ def test_output_stays_in_the_zero_com_subspace():
     assert (out[~mask] == 0).all()
 
 
-def test_dense_graph_equals_the_edge_list_formulation():
+@pytest.mark.parametrize("layout", ["dense", "edges"])
+def test_every_graph_layout_computes_the_same_function(layout):
     model = _model()
     x, z, t, mask = _batch()
-    dense = model(x, t, z, node_mask=mask)
-    model.cfg.graph = "edges"
-    torch.testing.assert_close(model(x, t, z, node_mask=mask), dense, atol=1e-9, rtol=0)
     estimate_mask = torch.tensor([True, False, True, False])
-    edges = model(x, t, z, node_mask=mask, estimate_mask=estimate_mask)
-    model.cfg.graph = "dense"
-    torch.testing.assert_close(model(x, t, z, node_mask=mask, estimate_mask=estimate_mask), edges, atol=1e-9, rtol=0)
+    pairs = model(x, t, z, node_mask=mask, estimate_mask=estimate_mask)
+    model.cfg.graph = layout
+    torch.testing.assert_close(model(x, t, z, node_mask=mask, estimate_mask=estimate_mask), pairs, atol=1e-9, rtol=0)
     # A row without an estimate equals the z=None call.
-    torch.testing.assert_close(edges[1], model(x, t, None, node_mask=mask)[1], atol=1e-9, rtol=0)
+    torch.testing.assert_close(pairs[1], model(x, t, None, node_mask=mask)[1], atol=1e-9, rtol=0)
 
 
 def test_parameter_count_at_edm_size():

@@ -104,7 +104,7 @@ def score(
         mask = mask_of(samples) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
         numbers, positions = decode(samples, mask)
         scores = molecules.score_molecules(numbers, positions, molecules.training_smiles(dataset))
-        scores["nan_count"] = int(torch.isnan(samples).any(-1).any(-1).sum())
+        scores["nonfinite"] = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
         return scores
     if dataset.cfg.name == "mog":
         return mog_metrics.score_samples(

@@ -70,6 +70,11 @@ class Record:
     smiles: str
 
 
+def _is_count(token: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts '¹' and other digits ``int`` rejects)."""
+    return token.isascii() and token.isdigit()
+
+
 def parse_number(token: str, where: str) -> float:
     """A float, accepting Mathematica's ``*^`` exponent (``1.2*^-6`` = 1.2e-6)."""
     try:
@@ -81,7 +86,7 @@ def parse_number(token: str, where: str) -> float:
 def parse_xyz(text: str, name: str) -> Record:
     """One molecule from the text of a QM9 ``.xyz`` file."""
     lines = text.splitlines()
-    if not lines or not lines[0].strip().isdigit():
+    if not lines or not _is_count(lines[0].strip()):
         raise DataError(f"{name} line 1: expected the atom count, got {lines[0][:40] if lines else 'an empty file'!r}")
     n = int(lines[0])
     if not 1 <= n <= MAX_ATOMS:
@@ -89,7 +94,7 @@ def parse_xyz(text: str, name: str) -> Record:
     if len(lines) < n + 5:
         raise DataError(f"{name}: {len(lines)} lines, a molecule of {n} atoms needs {n + 5}; the file is truncated")
     header = lines[1].split()
-    if len(header) < 2 or header[0] != "gdb" or not header[1].isdigit():
+    if len(header) < 2 or header[0] != "gdb" or not _is_count(header[1]):
         raise DataError(f"{name} line 2: expected 'gdb <index> ...', got {lines[1][:40]!r}")
     elements, positions, charges = [], [], []
     for k in range(n):
@@ -136,7 +141,7 @@ def read_uncharacterized(path: Path) -> set[int]:
     out = set()
     for k, line in enumerate(lines, start=10):
         fields = line.split()
-        if not fields or not fields[0].isdigit():
+        if not fields or not _is_count(fields[0]):
             raise DataError(f"{path} line {k}: expected a QM9 index first, got {line[:40]!r}")
         out.add(int(fields[0]))
     return out
@@ -182,12 +187,19 @@ def _parse_list(text: str, where: str) -> list[str]:
 def read_qm9pack_csv(stream: io.TextIOBase, name: str) -> list[Record]:
     """Records of one qm9pack CSV (columns Index, SMILES, N_atoms, Elements, XYZ_Ang, Mulliken_pop)."""
     reader = csv.DictReader(stream)
+    try:
+        return _read_rows(reader, name)
+    except csv.Error as e:
+        raise DataError(f"{name} line {reader.line_num}: {e}") from None
+
+
+def _read_rows(reader: csv.DictReader, name: str) -> list[Record]:
     need = {"Index", "SMILES", "N_atoms", "Elements", "XYZ_Ang", "Mulliken_pop"}
     if reader.fieldnames is None or not need <= set(reader.fieldnames):
         raise DataError(f"{name}: not a qm9pack CSV (needs the columns {', '.join(sorted(need))})")
     records = []
-    for line, row in enumerate(reader, start=2):
-        where = f"{name} line {line}"
+    for row in reader:
+        where = f"{name} line {reader.line_num}"
         try:
             elements = _parse_list(row["Elements"], where)
             flat = [parse_number(v, where) for v in _parse_list(row["XYZ_Ang"], where)]
@@ -197,6 +209,8 @@ def read_qm9pack_csv(stream: io.TextIOBase, name: str) -> list[Record]:
             raise DataError(f"{where}: malformed row") from None
         if len(elements) != n or len(flat) != 3 * n or len(charges) != n:
             raise DataError(f"{where}: N_atoms={n} but {len(elements)} elements and {len(flat) // 3} positions")
+        if not 1 <= n <= MAX_ATOMS:
+            raise DataError(f"{where}: {n} atoms; QM9 molecules have 1 to {MAX_ATOMS}")
         unknown = set(elements) - set(ATOMIC_NUMBER)
         if unknown:
             raise DataError(f"{where}: unknown element {sorted(unknown)[0]!r}; QM9 has {', '.join(ELEMENTS)}")

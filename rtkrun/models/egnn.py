@@ -8,11 +8,11 @@ equivariant coordinate update, on the fully connected graph of the real atoms:
     x_i  ← x_i + Σ_j (x_i − x_j)/(‖x_i − x_j‖ + c) · tanh(φ_x(h_i, h_j, e_ij)) · r / L,
 
 with Z the aggregation normaliser (1: sum), c = ``norm_constant``, r = ``coords_range`` (Å)
-and e_ij = (‖x_i − x_j‖² now, ‖x_i − x_j‖² at the input). The graph is dense: (B, N, N)
-pair tensors with masks, and the first layer of every pair MLP is split as
-W [h_i, h_j, e] = W_i h_i + W_j h_j + W_e e, so the node parts cost O(N) rather than O(N²).
-``graph=edges`` runs the same weights on an explicit edge list (gather, then scatter-add),
-the formulation of the reference code, for tests and the benchmark.
+and e_ij = (‖x_i − x_j‖² now, ‖x_i − x_j‖² at the input). The first layer of every pair MLP
+is split as W [h_i, h_j, e] = W_i h_i + W_j h_j + W_e e, so its node parts cost O(N) rather
+than O(N²), and messages are summed on the (B, N, N) grid (see :class:`Graph` for the three
+layouts; ``graph=edges`` is the reference code's gather–concatenate–scatter-add, same weights,
+kept for tests and the benchmark).
 
 The estimate z enters without breaking equivariance (REFERENCE.md §3): z's features join the
 node features with a has-estimate flag, ‖z_i − z_j‖² joins the edge features, and the
@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rtkrun.data.qm9 import centre
@@ -47,7 +48,7 @@ class EGNNConfig:
     aggregation_norm: float = 1.0  # Z: 1 is EDM's sum aggregation
     estimate_input: bool = True  # false: EDM's network exactly (no z)
     head: str = "edm"
-    graph: str = "dense"  # dense (B, N, N) | edges (gather + scatter-add, the reference formulation)
+    graph: str = "pairs"  # pairs | dense | edges (the reference formulation); see Graph
     trim_padding: bool = True  # drop padding rows past the batch's largest molecule (one host sync per call)
 
     def __post_init__(self) -> None:
@@ -58,43 +59,62 @@ class EGNNConfig:
             raise ConfigError("coords_range and aggregation_norm must be > 0 and norm_constant >= 0")
         if self.head not in HEADS:
             raise ConfigError(f"head={self.head!r} is unknown; choose edm or dddm")
-        if self.graph not in ("dense", "edges"):
-            raise ConfigError(f"graph={self.graph!r} is unknown; choose dense or edges")
+        if self.graph not in GRAPHS:
+            raise ConfigError(f"graph={self.graph!r} is unknown; choose one of {', '.join(GRAPHS)}")
+
+
+GRAPHS = ("pairs", "dense", "edges")
 
 
 class Graph:
-    """Pairs of one batch: dense (B, N, N) with a mask, or an edge list over flattened nodes."""
+    """The fully connected graph of each molecule in a padded batch, in one of three layouts:
 
-    def __init__(self, node_mask: torch.Tensor, dense: bool) -> None:
+    * ``pairs`` (default): messages computed for real pairs only, summed on the dense
+      (B, N, N) grid (a copy to unique slots, then a sum: no atomics, deterministic);
+    * ``dense``: every (i, j) of the padded grid with a mask: no gathers, static shapes
+      (CUDA graphs, ``torch.compile``) at the price of computing padded pairs;
+    * ``edges``: the reference formulation: gather [h_i, h_j, e_ij] per edge, one Linear,
+      scatter-add (``index_add_``) back to the nodes.
+    """
+
+    def __init__(self, node_mask: torch.Tensor, mode: str) -> None:
         b, n = node_mask.shape
-        self.dense = dense
+        self.mode, self.shape = mode, (b, n)
         eye = torch.eye(n, dtype=torch.bool, device=node_mask.device)
         self.edge_mask = node_mask[:, :, None] & node_mask[:, None, :] & ~eye
-        if not dense:
-            batch, i, j = self.edge_mask.nonzero(as_tuple=True)
-            self.row, self.col = batch * n + i, batch * n + j
-            self.shape = (b, n)
+        if mode != "dense":
+            flat = self.edge_mask.flatten().nonzero().squeeze(1)  # one host sync per forward
+            batch, i, j = flat // (n * n), (flat // n) % n, flat % n
+            self.flat, self.row, self.col = flat, batch * n + i, batch * n + j
 
     def pair(self, node_i: torch.Tensor, node_j: torch.Tensor) -> torch.Tensor:
         """node_i[i] + node_j[j] for every pair."""
-        if self.dense:
+        if self.mode == "dense":
             return node_i[:, :, None] + node_j[:, None, :]
         return node_i.flatten(0, 1)[self.row] + node_j.flatten(0, 1)[self.col]
+
+    def ends(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_i, h_j) per edge (edge-list layouts)."""
+        return h.flatten(0, 1)[self.row], h.flatten(0, 1)[self.col]
 
     def diff(self, x: torch.Tensor) -> torch.Tensor:
         return self.pair(x, -x)
 
     def sum_j(self, values: torch.Tensor) -> torch.Tensor:
         """Σ_j values_ij over real pairs, back to (B, N, C)."""
-        if self.dense:
-            return (values * self.edge_mask[..., None].to(values.dtype)).sum(2)
         b, n = self.shape
-        out = values.new_zeros(b * n, values.shape[-1]).index_add_(0, self.row, values)
-        return out.view(b, n, -1)
+        if self.mode == "dense":
+            return (values * self.edge_mask[..., None].to(values.dtype)).sum(2)
+        if self.mode == "edges":
+            return values.new_zeros(b * n, values.shape[-1]).index_add_(0, self.row, values).view(b, n, -1)
+        grid = values.new_zeros(b * n * n, values.shape[-1]).index_copy_(0, self.flat, values)
+        return grid.view(b, n, n, -1).sum(2)
 
 
 class PairMLP(nn.Module):
-    """MLP of (h_i, h_j, e_ij) whose first layer is split into node and edge parts."""
+    """MLP of (h_i, h_j, e_ij). Its first layer W [h_i, h_j, e] is stored split as
+    W_i h_i + W_j h_j + W_e e, so the node parts run once per node, not once per pair; the
+    ``edges`` layout applies the same weights the reference way, to the gathered concatenation."""
 
     def __init__(self, hidden: int, edge_dim: int, out: int, depth: int, last_gain: float | None = None) -> None:
         super().__init__()
@@ -112,7 +132,12 @@ class PairMLP(nn.Module):
         self.rest = nn.Sequential(*rest)
 
     def forward(self, graph: Graph, h: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-        return self.rest(graph.pair(self.w_i(h), self.w_j(h)) + self.w_e(edges))
+        if graph.mode == "edges":
+            weight = torch.cat([self.w_i.weight, self.w_j.weight, self.w_e.weight], 1)
+            first = F.linear(torch.cat([*graph.ends(h), edges], -1), weight, self.w_i.bias)
+        else:
+            first = graph.pair(self.w_i(h), self.w_j(h)) + self.w_e(edges)
+        return self.rest(first)
 
 
 class InvariantLayer(nn.Module):
@@ -201,7 +226,7 @@ class EGNN(nn.Module):
         """(final positions x_L, output features) of the message passing: x_L is E(3)-equivariant
         in (x_t, z) positions, the features invariant."""
         mask = node_mask[..., None].to(x_t.dtype)
-        graph = Graph(node_mask, dense=self.cfg.graph == "dense")
+        graph = Graph(node_mask, self.cfg.graph)
         pos, feats = x_t[..., :3], x_t[..., 3:]
         level = noise_level(self.schedule, t)[:, None, None].expand(*x_t.shape[:2], 1)
         node = [feats, level]
