@@ -1,10 +1,10 @@
 """Collect run directories into tables (CSV + Markdown) and a quality-vs-NFE figure.
 
 ``rtkrun report runs=DIR`` (``commands/report.py``) sorts every run directory under DIR into the
-tables of PAPER_TABLES.md it feeds (sample runs: T1/T2; diagnose runs: T3; fixed-noise student
-runs: T6; step searches: T7). Rows come only from run directories: ``.hydra/config.yaml`` for
-what was run and ``metrics.json`` for what it measured. A job without ``metrics.json`` is listed
-as failed or unfinished, never dropped.
+tables of PAPER_TABLES.md it feeds (sample runs: T1/T2; diagnose runs: T3; QM9 sample, train
+and evaluate runs: T4; fixed-noise student runs: T6; step searches: T7). Rows come only from run
+directories: ``.hydra/config.yaml`` for what was run and ``metrics.json`` for what it measured.
+A job without ``metrics.json`` is listed as failed or unfinished, never dropped.
 """
 
 from __future__ import annotations
@@ -97,6 +97,107 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
         }
     )
     return row
+
+
+T4_COLUMNS = [
+    "source",
+    "sampler",
+    "variant",
+    "nfe",
+    "atom_stability",
+    "mol_stability",
+    "validity",
+    "valid_x_unique",
+    "novelty",
+    "ms_per_molecule",
+    "n",
+    "seed",
+    "status",
+    "run_dir",
+]
+T4_METRICS = ("atom_stability", "mol_stability", "validity", "valid_x_unique", "novelty")
+# REFERENCE.md §3 (percent): atom stability, molecule stability, validity, V×U.
+T4_QUOTED = {
+    "EDM paper: data": (99.0, 95.2, 97.7, 97.7),
+    "EDM paper: EDM": (98.7, 82.0, 91.9, 90.7),
+    "GeoBFN paper: GeoBFN": (98.3, 85.1, 92.3, 90.7),
+}
+T4_QUOTED_NFE = {"EDM paper: EDM": 1000, "GeoBFN paper: GeoBFN": 50}
+
+
+def _percent(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(100 * scores[k], 2) for k in T4_METRICS if scores.get(k) is not None}
+
+
+def t4_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """QM9 rows of one run directory: a ``sample`` run (one row), a ``train`` run (one row per
+    evaluation sampler) or an ``evaluate`` run (re-scored samples, or ``samples=data``: the
+    data row). Metrics in percent; ms per molecule = sampling seconds / molecules."""
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    base = {"seed": cfg.get("seed"), "run_dir": str(run_dir)}
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        sampler = cfg.get("sampler") or {}
+        row = {"source": f"rtkrun: {cfg.get('command')}", "sampler": sampler.get("name"), "variant": _variant(sampler)}
+        return [{**base, **row, "status": "failed or unfinished"}]
+    m = json.loads(metrics_path.read_text())
+    command = cfg.get("command")
+    if command == "sample":
+        scores = {k.removeprefix("sample/"): v for k, v in m.items() if k.startswith("sample/")}
+        n = scores.get("n_molecules")
+        row = {
+            "source": "rtkrun",
+            "sampler": cfg["sampler"]["name"],
+            "variant": _variant(cfg["sampler"]),
+            "nfe": m.get("nfe"),
+            "ms_per_molecule": _round(1e3 * m["seconds"] / n) if n and m.get("seconds") else None,
+        }
+        return [{**base, **row, **_percent(scores), "n": n, "status": m.get("status")}]
+    if command == "evaluate":
+        scores = {k.removeprefix("evaluate/"): v for k, v in m.items() if k.startswith("evaluate/")}
+        data = str(m.get("samples", "")).startswith("data:")
+        row = {"source": f"rtkrun: {m['samples']}" if data else "rtkrun: re-scored", "sampler": "" if data else "?"}
+        return [{**base, **row, **_percent(scores), "n": scores.get("n_molecules"), "status": m.get("status")}]
+    rows = []
+    for label, sampler in (cfg.get("evaluation") or {}).get("samplers", {}).items():
+        scores = {k.removeprefix(f"eval/{label}/"): v for k, v in m.items() if k.startswith(f"eval/{label}/")}
+        n, seconds = scores.get("n_molecules"), scores.get("seconds")
+        row = {
+            "source": f"rtkrun: train/{label}",
+            "sampler": sampler.get("name"),
+            "variant": _variant(sampler),
+            "nfe": scores.get("nfe"),
+            "ms_per_molecule": _round(1e3 * seconds / n) if n and seconds else None,
+        }
+        rows.append({**base, **row, **_percent(scores), "n": n, "status": m.get("status")})
+    return rows
+
+
+def t4_quoted_rows() -> list[dict[str, Any]]:
+    """The published rows, marked as quoted (REFERENCE.md §3), never measured here."""
+    return [
+        {
+            "source": f"{name} (quoted)",
+            "nfe": T4_QUOTED_NFE.get(name),
+            **dict(zip(T4_METRICS[:2] + ("validity", "valid_x_unique"), values)),
+            "status": "quoted",
+        }
+        for name, values in T4_QUOTED.items()
+    ]
+
+
+def is_qm9_run(run_dir: Path) -> bool:
+    """Whether a run directory measured QM9 (a checkpoint fixes the dataset, so ask metrics.json)."""
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        try:
+            name = json.loads(metrics.read_text()).get("dataset/name")
+        except (OSError, ValueError):
+            name = None
+        if name is not None:
+            return name == "qm9"
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return (cfg.get("dataset") or {}).get("name") == "qm9"
 
 
 def _fmt(v: Any) -> str:

@@ -69,8 +69,8 @@ def test_train_samples_molecules_with_every_sampler(setup):
     [
         (["sampler=ddpm", "sampler.steps=4"], 4),
         (["sampler=dddm", "sampler.iterations=3"], 3),
-        (["sampler=pf_ode", "sampler.nfe=6"], 6),
-        (["sampler=rtk_uld", "sampler.nfe=12"], 12),
+        (["sampler=pf_ode", "sampler.nfe=6"], 5),  # Heun: 2 per step, 1 on the last
+        (["sampler=rtk_uld", "sampler.nfe=12"], 11),  # the budget is an upper bound
     ],
 )
 def test_sample_and_evaluate_a_checkpoint(setup, sampler, nfe):
@@ -103,3 +103,24 @@ def test_diagnose_runs_on_molecules(setup):
     assert metrics["estimator"] == "lanczos" and metrics["dataset/dim"] == 29 * 9 and metrics["points"] == 4
     rows = (out / "diagnostics" / "points.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 and all("nan" not in r for r in rows)
+
+
+def test_data_row_and_report_build_t4(setup):
+    cwd, run_dir, env = setup
+    data_dir = cwd / "runs" / "data"
+    tarball = cwd / "qm9" / "dsgdb9nsd.xyz.tar.bz2"
+    proc = run_cli(
+        "evaluate", "samples=data", "dataset=qm9", "dataset.source=figshare", f"dataset.root={tarball}",
+        "evaluation.n_samples=50", f"hydra.run.dir={data_dir}", cwd=cwd, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    scores = json.loads((data_dir / "metrics.json").read_text())
+    assert scores["samples"] == "data:train" and scores["evaluate/n_molecules"] == 50
+    assert scores["evaluate/validity"] > 0.9  # real molecules
+    out = cwd / "tables"
+    proc = run_cli("report", f"runs=[{cwd / 'runs'},{run_dir}]", f"out={out}", f"hydra.run.dir={cwd / 'report'}",
+                   cwd=cwd, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = (out / "T4.md").read_text()
+    assert "rtkrun: data:train" in table and "rtkrun: train/dddm2" in table and "EDM paper: data (quoted)" in table
+    assert table.count("\n| rtkrun: train/") == 4

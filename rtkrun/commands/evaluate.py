@@ -34,7 +34,24 @@ def find_samples(path: str) -> Path:
     return p
 
 
+def score_data(run, run_dir: Path) -> dict[str, Any]:
+    """``samples=data``: score the dataset's own first ``evaluation.n_samples`` examples, the
+    "data" row of the paper tables, computed by the same code as every sampler's row."""
+    dataset = build_dataset(run.dataset)
+    n = min(run.evaluation.n_samples, len(dataset))
+    x0 = dataset.get_batch(torch.arange(n)).cpu()
+    scores = score(dataset, x0, run.evaluation, resolve_device(run.device))
+    split = getattr(run.dataset, "split", "train")
+    metrics = {"status": "complete", **provenance(run.seed), "samples": f"data:{split}", **flatten("evaluate", scores)}
+    metrics["dataset/name"] = run.dataset.name
+    runs.write_json(run_dir / "metrics.json", metrics)
+    log.info("the data themselves (%s, n=%d): %s; %s", split, n, describe(scores), run_dir.resolve())
+    return metrics
+
+
 def evaluate(run, run_dir: Path) -> dict[str, Any]:
+    if run.samples == "data":
+        return score_data(run, run_dir)
     path = find_samples(run.samples)
     try:
         with np.load(path) as f:
@@ -55,6 +72,7 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
         )
     scores = score(dataset, x0, run.evaluation, resolve_device(run.device), extras)
     metrics = {"status": "complete", **provenance(run.seed), "samples": str(path), **flatten("evaluate", scores)}
+    metrics["dataset/name"] = run.dataset.name
     runs.write_json(run_dir / "metrics.json", metrics)
     log.info("%s; %s", describe(scores), run_dir.resolve())
     return metrics

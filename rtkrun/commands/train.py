@@ -64,6 +64,7 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         metrics["train/steps"] = run.trainer.max_steps
         eval_model = model
     metrics["train/parameters"] = sum(p.numel() for p in model.parameters())
+    metrics["dataset/name"] = run.dataset.name
 
     ev = run.evaluation
     for label, sampler_cfg in ev.samplers.items():
