@@ -87,7 +87,7 @@ def test_train_writes_a_complete_run_directory(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["status"] == "complete" and metrics["train/steps"] == 60
     assert metrics["eval/ddim50/nfe"] == 50 and metrics["eval/ddpm200/nfe"] == 200
-    assert {"seed", "rtkrun/version", "versions/torch"} <= set(metrics)
+    assert {"seed", "rtkrun/version", "rtkrun/git_commit", "versions/torch", "versions/numpy"} <= set(metrics)
     steps = [json.loads(line)["step"] for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert steps == [20, 40, 60]
 

@@ -190,7 +190,7 @@ def provenance(seed: int) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = None
     versions = {}
-    for pkg in ("torch", "numpy", "hydra-core", "omegaconf", "scipy", "POT"):
+    for pkg in ("torch", "numpy", "hydra-core", "omegaconf", "scipy", "POT", "rdkit", "qm9pack"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
