@@ -1,8 +1,8 @@
 """Collect run directories into tables (CSV + Markdown) and a quality-vs-NFE figure.
 
 ``rtkrun report runs=DIR`` (``commands/report.py``) sorts every run directory under DIR into the
-tables of PAPER_TABLES.md it feeds (sample runs: T1/T2; diagnose runs: T3; QM9 sample, train
-and evaluate runs: T4; fixed-noise student runs: T6; step searches: T7). Rows come only from run
+tables of PAPER_TABLES.md it feeds (MoG sample runs: T1/T2; diagnose runs: T3; QM9 and CIFAR-10
+sample, train and evaluate runs: T4 and T5; fixed-noise student runs: T6; step searches: T7). Rows come only from run
 directories: ``.hydra/config.yaml`` for what was run and ``metrics.json`` for what it measured.
 A job without ``metrics.json`` is listed as failed or unfinished, never dropped.
 """
@@ -129,48 +129,95 @@ def _percent(scores: dict[str, Any]) -> dict[str, Any]:
     return {k: round(100 * scores[k], 2) for k in T4_METRICS if scores.get(k) is not None}
 
 
-def t4_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """QM9 rows of one run directory: a ``sample`` run (one row), a ``train`` run (one row per
-    evaluation sampler) or an ``evaluate`` run (re-scored samples, or ``samples=data``: the
-    data row). Metrics in percent; ms per molecule = sampling seconds / molecules."""
+def scored_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """What a ``sample``, ``train`` or ``evaluate`` run directory measured, one entry per sampler:
+    {source, sampler, variant, nfe, seconds, scores, seed, status, run_dir}. A sample run gives
+    one entry, a train run one per evaluation sampler, an evaluate run one (re-scored samples,
+    or ``samples=data``: the data row). Without ``metrics.json`` the job is listed as failed."""
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    command = cfg.get("command")
     base = {"seed": cfg.get("seed"), "run_dir": str(run_dir)}
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         sampler = cfg.get("sampler") or {}
-        row = {"source": f"rtkrun: {cfg.get('command')}", "sampler": sampler.get("name"), "variant": _variant(sampler)}
-        return [{**base, **row, "status": "failed or unfinished"}]
+        row = {"source": f"rtkrun: {command}", "sampler": sampler.get("name"), "variant": _variant(sampler)}
+        return [{**base, **row, "scores": {}, "status": "failed or unfinished"}]
     m = json.loads(metrics_path.read_text())
-    command = cfg.get("command")
+    base["status"] = m.get("status")
+
+    def scores(prefix: str) -> dict[str, Any]:
+        return {k.removeprefix(prefix): v for k, v in m.items() if k.startswith(prefix)}
+
     if command == "sample":
-        scores = {k.removeprefix("sample/"): v for k, v in m.items() if k.startswith("sample/")}
-        n = scores.get("n_molecules")
-        row = {
-            "source": "rtkrun",
-            "sampler": cfg["sampler"]["name"],
-            "variant": _variant(cfg["sampler"]),
-            "nfe": m.get("nfe"),
-            "ms_per_molecule": _round(1e3 * m["seconds"] / n) if n and m.get("seconds") else None,
-        }
-        return [{**base, **row, **_percent(scores), "n": n, "status": m.get("status")}]
+        sampler = cfg["sampler"]
+        row = {"source": "rtkrun", "sampler": sampler["name"], "variant": _variant(sampler), "nfe": m.get("nfe")}
+        return [{**base, **row, "seconds": m.get("seconds"), "scores": scores("sample/")}]
     if command == "evaluate":
-        scores = {k.removeprefix("evaluate/"): v for k, v in m.items() if k.startswith("evaluate/")}
         data = str(m.get("samples", "")).startswith("data:")
         row = {"source": f"rtkrun: {m['samples']}" if data else "rtkrun: re-scored", "sampler": "" if data else "?"}
-        return [{**base, **row, **_percent(scores), "n": scores.get("n_molecules"), "status": m.get("status")}]
+        return [{**base, **row, "scores": scores("evaluate/")}]
     rows = []
     for label, sampler in (cfg.get("evaluation") or {}).get("samplers", {}).items():
-        scores = {k.removeprefix(f"eval/{label}/"): v for k, v in m.items() if k.startswith(f"eval/{label}/")}
-        n, seconds = scores.get("n_molecules"), scores.get("seconds")
-        row = {
-            "source": f"rtkrun: train/{label}",
-            "sampler": sampler.get("name"),
-            "variant": _variant(sampler),
-            "nfe": scores.get("nfe"),
-            "ms_per_molecule": _round(1e3 * seconds / n) if n and seconds else None,
-        }
-        rows.append({**base, **row, **_percent(scores), "n": n, "status": m.get("status")})
+        found = scores(f"eval/{label}/")
+        row = {"source": f"rtkrun: train/{label}", "sampler": sampler.get("name"), "variant": _variant(sampler)}
+        rows.append({**base, **row, "nfe": found.get("nfe"), "seconds": found.get("seconds"), "scores": found})
     return rows
+
+
+def _per_item_ms(row: dict[str, Any], n: int | None) -> float | None:
+    return _round(1e3 * row["seconds"] / n) if n and row.get("seconds") else None
+
+
+def t4_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """QM9 rows (metrics in percent; ms per molecule = sampling seconds / molecules)."""
+    out = []
+    for row in scored_rows(run_dir):
+        scores = row.pop("scores")
+        n = scores.get("n_molecules")
+        out.append({**row, **_percent(scores), "n": n, "ms_per_molecule": _per_item_ms(row, n)})
+    return out
+
+
+def t5_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """CIFAR-10 rows (FID with its sample and reference counts; ms per image)."""
+    out = []
+    for row in scored_rows(run_dir):
+        scores = row.pop("scores")
+        n = scores.get("fid_n")
+        fid = {k: scores.get(k) for k in ("fid", "fid_n", "fid_reference_n")}
+        out.append({**row, **fid, "ms_per_image": _per_item_ms(row, n)})
+    return out
+
+
+T5_COLUMNS = [
+    "source",
+    "sampler",
+    "variant",
+    "nfe",
+    "fid",
+    "fid_n",
+    "fid_reference_n",
+    "ms_per_image",
+    "seed",
+    "status",
+    "run_dir",
+]
+# REFERENCE.md §4: unconditional CIFAR-10 FID at (NFE), 50k samples.
+T5_QUOTED = {
+    "DDPM": {1000: 3.17},
+    "DDIM": {10: 13.36, 20: 6.84, 50: 4.67, 100: 4.16},
+    "EDM": {35: 1.97},
+    "iCT": {1: 2.83, 2: 2.46},
+    "DDDM": {1: 2.57, 2: 2.33, 1000: 1.79},
+}
+
+
+def t5_quoted_rows() -> list[dict[str, Any]]:
+    return [
+        {"source": f"{name} paper (quoted)", "nfe": nfe, "fid": fid, "fid_n": 50_000, "status": "quoted"}
+        for name, by_nfe in T5_QUOTED.items()
+        for nfe, fid in by_nfe.items()
+    ]
 
 
 def t4_quoted_rows() -> list[dict[str, Any]]:
@@ -186,8 +233,8 @@ def t4_quoted_rows() -> list[dict[str, Any]]:
     ]
 
 
-def is_qm9_run(run_dir: Path) -> bool:
-    """Whether a run directory measured QM9 (a checkpoint fixes the dataset, so ask metrics.json)."""
+def dataset_of(run_dir: Path) -> str | None:
+    """The dataset a run directory measured (a checkpoint fixes it, so metrics.json comes first)."""
     metrics = run_dir / "metrics.json"
     if metrics.exists():
         try:
@@ -195,9 +242,9 @@ def is_qm9_run(run_dir: Path) -> bool:
         except (OSError, ValueError):
             name = None
         if name is not None:
-            return name == "qm9"
+            return name
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    return (cfg.get("dataset") or {}).get("name") == "qm9"
+    return (cfg.get("dataset") or {}).get("name")
 
 
 def _fmt(v: Any) -> str:

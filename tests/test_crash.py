@@ -120,3 +120,24 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
     assert runs.load_checkpoint(run_dir)["step"] == 100
     assert not [p for p in run_dir.rglob("*.tmp")]  # the half-written temporary file is removed
+
+
+def test_a_config_record_torn_by_a_kill_does_not_block_the_resume(tmp_path):
+    """Hydra writes .hydra/config.yaml in place, so a kill can tear it; the checkpoint (written
+    atomically) then says what the run was, and with no checkpoint there is nothing to protect."""
+    from tests.conftest import run_cli
+
+    args = ["trainer.max_steps=20", "~evaluation.samplers"]
+    fresh = tmp_path / "fresh"
+    (fresh / ".hydra").mkdir(parents=True)
+    (fresh / ".hydra" / "config.yaml").write_text("command: train\nseed: 0\ndataset: {name: mo")
+    proc = run_cli("train", *args, f"hydra.run.dir={fresh}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (fresh / ".hydra" / "config.yaml").write_text("command: tr")
+    proc = run_cli("train", "trainer.max_steps=30", "~evaluation.samplers", f"hydra.run.dir={fresh}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert runs.load_checkpoint(fresh)["step"] == 30
+    (fresh / ".hydra" / "config.yaml").write_text("command: tr")
+    proc = run_cli("train", "trainer.max_steps=30", "trainer.lr=0.5", "~evaluation.samplers",
+                   f"hydra.run.dir={fresh}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "already holds a run with trainer.lr=0.002" in proc.stderr

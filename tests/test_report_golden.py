@@ -1,4 +1,4 @@
-"""Golden files for the rendering of T1/T2 and T4: fixed run directories in, the Markdown and
+"""Golden files for the rendering of T1/T2, T4 and T5: fixed run directories in, the Markdown and
 LaTeX tables out, compared byte for byte. Regenerate after an intended change with
 ``RTKRUN_UPDATE_GOLDEN=1 pytest tests/test_report_golden.py`` and review the diff."""
 
@@ -59,11 +59,17 @@ def _fixture_runs(root: Path) -> None:
          "evaluate/mol_stability": 0.9545, "evaluate/validity": 0.9772, "evaluate/valid_x_unique": 0.9772,
          "evaluate/n_molecules": 10000},
     )  # fmt: skip
+    _run(
+        root, "cifar/sample_dddm", {"command": "sample", "seed": 0, "ckpt": "train", "dataset": {"name": "mog"},
+                                     "sampler": {"name": "dddm", "levels": 1, "iterations": 1, "clip": 1.0}},
+        {"status": "complete", "nfe": 1, "seconds": 12.5, "dataset/name": "cifar10", "sample/fid": 31.25,
+         "sample/fid_n": 2000, "sample/fid_reference_n": 50000},
+    )  # fmt: skip
     _run(root, "qm9/sample_unfinished", {"command": "sample", "seed": 0, "dataset": qm9,
                                          "sampler": {"name": "ddim", "steps": 50}}, None)  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["T1_T2.md", "T1_T2.tex", "T4.md", "T4.tex"])
+@pytest.mark.parametrize("name", ["T1_T2.md", "T1_T2.tex", "T4.md", "T4.tex", "T5.md"])
 def test_rendering_matches_the_golden_files(tmp_path, name):
     _fixture_runs(tmp_path / "runs")
     run = SimpleNamespace(runs=str(tmp_path / "runs"), out=str(tmp_path / "tables"), seed=0)

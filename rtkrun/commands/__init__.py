@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from rtkrun.config import to_dict, validate
 from rtkrun.errors import RtkrunError
-from rtkrun.runs import lock_run_dir, resolve_checkpoint
+from rtkrun.runs import load_checkpoint, lock_run_dir, resolve_checkpoint
+
+log = logging.getLogger("rtkrun")
 
 # Keys that may change when a train run directory is reused (resume with more steps, a new
 # evaluation, another logger); everything else must match the run that is already there.
@@ -32,15 +37,33 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume_compatible(run, run_dir: Path) -> None:
-    """A train run directory that already holds a run accepts only the same experiment."""
+def _saved_run(run_dir: Path) -> dict[str, Any] | None:
+    """The config of the run a directory holds: Hydra's ``.hydra/config.yaml``; where a kill tore
+    that file (Hydra writes it in place), the config inside the atomically written checkpoint;
+    None where neither exists, i.e. no step was ever saved and there is nothing to protect."""
     saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.exists():
-        return
+    if saved.exists():
+        try:
+            return to_dict(validate(OmegaConf.load(saved)))
+        except (RtkrunError, OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError, AttributeError):
+            pass
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.exists():
+        if saved.exists():
+            log.warning("%s is unreadable (a killed start?) and no checkpoint exists; starting afresh", saved)
+        return None
+    config = load_checkpoint(ckpt)["config"]
     try:
-        old = to_dict(validate(OmegaConf.load(saved)))
+        return to_dict(validate(config))
     except RtkrunError:
         raise RtkrunError(f"{run_dir} holds a run whose config no longer validates; use a new hydra.run.dir") from None
+
+
+def check_resume_compatible(run, run_dir: Path) -> None:
+    """A train run directory that already holds a run accepts only the same experiment."""
+    old = _saved_run(run_dir)
+    if old is None:
+        return
     new = to_dict(run)
     old_flat, new_flat = _flat(old), _flat(new)
     changed = [

@@ -17,17 +17,20 @@ from rtkrun.report import (
     SAMPLE_COLUMNS,
     T3_COLUMNS,
     T4_COLUMNS,
+    T5_COLUMNS,
     T6_COLUMNS,
     T7_COLUMNS,
+    dataset_of,
     diagnose_rows,
     find_runs,
     fit_exponent,
-    is_qm9_run,
     is_t7_run,
     plot_quality_vs_nfe,
     sample_row,
     t4_quoted_rows,
     t4_rows,
+    t5_quoted_rows,
+    t5_rows,
     t6_row,
     t7_row,
     write_table,
@@ -39,8 +42,10 @@ log = logging.getLogger("rtkrun")
 def _kind(run_dir: Path) -> str:
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     command = cfg.get("command")
-    if command in ("sample", "train", "evaluate") and is_qm9_run(run_dir):
-        return "T4"
+    if command in ("sample", "train", "evaluate"):
+        dataset = dataset_of(run_dir)
+        if dataset in ("qm9", "cifar10"):
+            return {"qm9": "T4", "cifar10": "T5"}[dataset]
     if command == "train":
         trainer, model = cfg.get("trainer") or {}, cfg.get("model") or {}
         return "T6" if trainer.get("fixed_t") is not None and model.get("name") == "mog_student" else "other"
@@ -54,7 +59,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         raise RtkrunError(f"runs={missing[0]} is not a directory; pass runs=<dir> or runs=[<dir>,<dir>]")
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
-    groups: dict[str, list[Path]] = {"T1_T2": [], "T3": [], "T4": [], "T6": [], "other": []}
+    groups: dict[str, list[Path]] = {"T1_T2": [], "T3": [], "T4": [], "T5": [], "T6": [], "other": []}
     for found in find_runs(roots):
         groups[_kind(found)].append(found)
     t7_dirs = sorted({p.parent for root in roots for p in root.rglob("metrics.json") if is_t7_run(p.parent)})
@@ -73,6 +78,11 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         note = "Percent. Rows marked (quoted) are the papers' numbers (REFERENCE.md §3), not measured here."
         write_table(rows, T4_COLUMNS, out / "T4", "T4: QM9 samplers", note)
         written["T4"] = len(rows)
+    if groups["T5"]:
+        rows = [row for p in groups["T5"] for row in t5_rows(p)] + t5_quoted_rows()
+        note = "FID against the training set, n stated. Rows marked (quoted) are published numbers (50k samples)."
+        write_table(rows, T5_COLUMNS, out / "T5", "T5: CIFAR-10 samplers", note)
+        written["T5"] = len(rows)
     if groups["T6"]:
         rows = []
         for p in groups["T6"]:
@@ -93,7 +103,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         written["T7"] = len(rows)
         written.update({f"T7/exponent/{g}": k for g, k in fits.items()})
     if not written:
-        raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T4, T6, T7)")
+        raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T7)")
     metrics = {"status": "complete", **provenance(run.seed), "out": str(out), "skipped": len(groups["other"])}
     metrics.update({f"rows/{k}": v for k, v in written.items()})
     run_files.write_json(run_dir / "metrics.json", metrics)
