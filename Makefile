@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all lint tables-mog clean-outputs
+.PHONY: install train test test-all lint tables-mog reproduce-small reproduce clean-outputs
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test-all: install  ## including the slow tests
 
 tables-mog: install  ## tables T1 and T2 on the mixture of Gaussians (CPU, ~10 min) -> outputs/tables/
 	$(BIN)/python scripts/make_mog_tables.py $(ARGS)
+
+reproduce-small: install  ## every table T1-T7 at CPU sizes (real QM9; T5 needs CIFAR-10 in data/cifar10) -> outputs/tables/
+	$(BIN)/python scripts/reproduce.py --size small
+
+reproduce: install  ## the full protocol (GPU or cluster; days of training) -> outputs/tables/
+	$(BIN)/python scripts/reproduce.py --size full
 
 lint: install
 	$(BIN)/ruff check rtkrun tests $(wildcard scripts)
