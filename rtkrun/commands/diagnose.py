@@ -50,7 +50,10 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
     else:  # n training examples, drawn without replacement
         x0 = dataset.get_batch(torch.randperm(len(dataset), generator=gen)[:n]).double().cpu()
     # Molecules live on a subspace (real atoms, zero centre of mass): noise is projected into it
-    # and the denoiser gets the batch's node mask, so F maps the subspace to itself.
+    # and the denoiser gets the batch's node mask, so F maps the subspace to itself. The
+    # estimators still run in the ambient 29 × 9 space, where the complement is inert (J = 0
+    # there): L is exact, but σ_min(I + J) is reported as min(1, its value on the subspace) and
+    # the true curvature as min(1/σ², its value on the subspace).
     space = dataset.space_of(x0) if hasattr(dataset, "space_of") else None
     denoiser = model if space is None else bind(model, space, device)
     out = []
