@@ -45,10 +45,16 @@ def test_read_only_checkpoint_directory_as_root_too(tmp_path):
     assert (run_dir / "checkpoints").read_text() == "not a directory"
 
 
-def test_checkpoint_from_an_incompatible_version(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_cli("train", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("bad_input")
+    proc = run_cli("train", *TINY, f"hydra.run.dir={cwd / 'run'}", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
+    return cwd / "run"
+
+
+def test_checkpoint_from_an_incompatible_version(trained, tmp_path):
+    run_dir = trained
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     state["format"] = runs.CHECKPOINT_FORMAT + 1
     old = tmp_path / "future.pt"
@@ -57,10 +63,8 @@ def test_checkpoint_from_an_incompatible_version(tmp_path):
     _one_line_error(proc, f"this rtkrun reads format {runs.CHECKPOINT_FORMAT}")
 
 
-def test_sampler_that_does_not_fit_the_model(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_cli("train", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+def test_sampler_that_does_not_fit_the_model(trained, tmp_path):
+    run_dir = trained
     proc = run_cli(
         "sample", f"ckpt={run_dir}", "sampler=rtk_mala", "sampler.energy=exact", "n_samples=8", "batch_size=8",
         f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path,

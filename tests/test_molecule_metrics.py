@@ -56,11 +56,8 @@ def test_validity_uses_the_largest_fragment():
 
 
 @pytest.fixture(scope="module")
-def training_molecules(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RTKRUN_CACHE", str(tmp_path_factory.mktemp("qm9_cache")))
-        table = qm9.load_table(qm9.QM9Config())
-    return table.take(qm9.split_indices(len(table))["train"][:10_000])
+def training_molecules(real_qm9_table):
+    return real_qm9_table.take(qm9.split_indices(len(real_qm9_table))["train"][:10_000])
 
 
 def test_metrics_on_real_training_molecules_reproduce_the_published_data_row(training_molecules):

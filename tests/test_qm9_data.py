@@ -16,12 +16,8 @@ from tests.qm9_fixture import build_qm9_fixture, pick_molecules, xyz_text
 
 
 @pytest.fixture(scope="module")
-def real_table(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("qm9_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RTKRUN_CACHE", str(cache))
-        table = qm9.load_table(qm9.QM9Config())
-    return table
+def real_table(real_qm9_table):
+    return real_qm9_table
 
 
 def test_edm_split_reproduces_the_published_training_histogram(real_table):
