@@ -62,10 +62,11 @@ USAGE = (
 )
 
 
-def fail(message: str) -> None:
-    """One line on stderr and exit status 2: the contract for every user error."""
+def fail(message: str, status: int = 2) -> None:
+    """One line on stderr and exit status 2: the contract for every user error (a run stopped
+    by a signal exits with 128 + its number instead, as shells expect)."""
     print(f"rtkrun: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 class Preflight(Callback):
@@ -102,7 +103,7 @@ def hydra_entry(cfg: DictConfig) -> Any:
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
-        fail(str(e))
+        fail(str(e), getattr(e, "exit_code", 2))
 
 
 def check_overrides(command: str, overrides: list[str]) -> None:

@@ -323,3 +323,11 @@ def validate(cfg: DictConfig | dict) -> Any:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A validated config as plain containers (for checkpoints and metrics files)."""
     return OmegaConf.to_container(OmegaConf.structured(obj))
+
+
+def config_digest(run: Any) -> str:
+    """SHA-1 of a validated run config: what a finished job's metrics.json is checked against."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(to_dict(run), sort_keys=True, default=str).encode()).hexdigest()

@@ -11,3 +11,12 @@ class RtkrunError(Exception):
 
 class ConfigError(RtkrunError):
     """The composed configuration is invalid (unknown key, wrong type, value out of range)."""
+
+
+class Stopped(RtkrunError):
+    """Training stopped on a signal (SIGTERM, or SIGUSR2 outside a submitit job) after saving a
+    checkpoint; the process exits with 128 + the signal number, as if killed by it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -13,6 +13,8 @@ import contextlib
 import copy
 import logging
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rtkrun import distributed, runs
 from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective
-from rtkrun.errors import RtkrunError
+from rtkrun.errors import RtkrunError, Stopped
 from rtkrun.seeding import sample_seed
 
 log = logging.getLogger("rtkrun.train")
@@ -40,6 +42,45 @@ def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Te
     if hasattr(dataset, "get_batch"):
         return dataset.get_batch(indices, epoch=epoch, seed=seed)
     return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR2 (cluster preemption and timeout) become a request to stop at the next
+    step boundary, where a consistent checkpoint can be written; a handler that was installed
+    before (submitit's checkpoint-and-requeue) is then called, as it would have been."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def forward(self, step: int, ckpt: Path) -> None:
+        """After the checkpoint: hand the signal to the handler it displaced (which may requeue
+        and exit), or stop with :class:`Stopped` where that was the default action."""
+        signum, self.signum = self.signum, None
+        previous = self.previous.get(signum, signal.SIG_DFL)
+        name = signal.Signals(signum).name
+        log.warning("%s at step %d: checkpoint %s saved", name, step, ckpt)
+        if callable(previous):
+            previous(signum, None)  # submitit: checkpoint() and requeue; returns if it bypasses
+        elif previous == signal.SIG_DFL:
+            message = f"stopped by {name} at step {step}; checkpoint {ckpt} saved: re-run the same command to resume"
+            raise Stopped(message, signum)
 
 
 class AdaptiveClip:
@@ -308,12 +349,24 @@ class Trainer:
 
         self.model.train()
         start_step, start_time, last_ckpt = self.step, time.time(), time.time()
-        loss_sum, loss_count, last_loss = torch.zeros((), device=self.device), 0, float("nan")
+        self.last_loss = float("nan")
         main = self.place.is_main  # rank 0 alone writes files, logs and shows a bar
         bar = tqdm(
             total=tc.max_steps, initial=self.step, disable=None if main else True, desc="train", dynamic_ncols=True
         )
         order_epoch, order = -1, None
+        try:
+            with StopSignals() as stop:
+                self._loop(stop, start_step, start_time, last_ckpt, bar, order_epoch, order)
+        finally:
+            bar.close()
+        seconds = time.time() - start_time
+        log.info("trained %d steps in %.1f s; checkpoint %s", self.step - start_step, seconds, self.ckpt_path)
+        return {"train/steps": self.step, "train/final_loss": self.last_loss, "train/seconds_this_session": seconds}
+
+    def _loop(self, stop: StopSignals, start_step, start_time, last_ckpt, bar, order_epoch, order) -> None:
+        tc, main = self.cfg, self.place.is_main
+        loss_sum, loss_count = torch.zeros((), device=self.device), 0
         while self.step < tc.max_steps:
             epoch, position = divmod(self.step, self.steps_per_epoch)
             if epoch != order_epoch:
@@ -321,17 +374,13 @@ class Trainer:
             index = order[position * self.batch_size : (position + 1) * self.batch_size]
             if tc.fresh_data:  # new examples every step: the index only numbers the batch's rows
                 index = torch.arange(self.batch_size)
-            try:
-                loss, lr = self.step_once(index, epoch)
-            except RtkrunError:
-                bar.close()
-                raise
+            loss, lr = self.step_once(index, epoch)
             loss_sum += loss.detach()
             loss_count += 1
             bar.update(1)
 
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                last_loss = (loss_sum / loss_count).item()
+                last_loss = self.last_loss = (loss_sum / loss_count).item()
                 rate = (self.step - start_step) / max(time.time() - start_time, 1e-9)
                 record = {
                     "step": self.step,
@@ -359,11 +408,21 @@ class Trainer:
                     )
                 loss_sum, loss_count = torch.zeros((), device=self.device), 0
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
-            if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed:
+            stopping = self._stop_requested(stop)
+            if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed or stopping:
                 if main:
                     self.save()
                 last_ckpt = time.time()
-        bar.close()
-        seconds = time.time() - start_time
-        log.info("trained %d steps in %.1f s; checkpoint %s", self.step - start_step, seconds, self.ckpt_path)
-        return {"train/steps": self.step, "train/final_loss": last_loss, "train/seconds_this_session": seconds}
+            if stopping:
+                stop.forward(self.step, self.ckpt_path)
+
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        """Whether a stop signal arrived; under data parallelism every rank agrees (one tiny
+        all-reduce per step), so all ranks stop after the same step."""
+        if self.place.world == 1:
+            return stop.signum is not None
+        flag = torch.tensor(float(stop.signum is not None), device=self.device)
+        if distributed.mean_over_ranks(flag).item() > 0:
+            stop.signum = stop.signum or signal.SIGTERM
+            return True
+        return False

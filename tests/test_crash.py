@@ -141,3 +141,36 @@ def test_a_config_record_torn_by_a_kill_does_not_block_the_resume(tmp_path):
     proc = run_cli("train", "trainer.max_steps=30", "trainer.lr=0.5", "~evaluation.samplers",
                    f"hydra.run.dir={fresh}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "already holds a run with trainer.lr=0.002" in proc.stderr
+
+
+def test_sigterm_saves_a_checkpoint_at_the_step_and_the_rerun_resumes_bit_identically(tmp_path):
+    """Preemption (SIGTERM; SIGUSR2 on SLURM): stop at the next step boundary with a checkpoint of
+    that step, exit 143 with one line, and resume to the same weights as an uninterrupted run."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    args = ["trainer.max_steps=100000", "trainer.ckpt_every=100000", "trainer.log_every=50",
+            "trainer.deterministic=true", "~evaluation.samplers"]  # fmt: skip
+    run_dir = tmp_path / "preempted"
+    command = [sys.executable, "-m", "rtkrun", "train", *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while not (run_dir / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM at step" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    step = runs.load_checkpoint(run_dir)["step"]
+    assert step >= 50 and step % 100000 != 0  # saved at the stop, not on the schedule
+    # Resume to a fixed length and compare with a run that was never stopped.
+    total = f"trainer.max_steps={step + 37}"
+    resume = [sys.executable, "-m", "rtkrun", "train", *args, total, f"hydra.run.dir={run_dir}"]
+    subprocess.run(resume, cwd=tmp_path, env=env, check=True, capture_output=True)
+    straight = tmp_path / "straight"
+    subprocess.run([*resume[:-1], f"hydra.run.dir={straight}"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    a, b = runs.load_checkpoint(run_dir), runs.load_checkpoint(straight)
+    assert a["step"] == b["step"] == step + 37
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key])
+    assert torch.equal(a["buffer"], b["buffer"])

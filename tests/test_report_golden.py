@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
 
 from rtkrun.commands.report import report
+from rtkrun.config import validate
+from tests.conftest import compose_cfg
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -72,7 +73,7 @@ def _fixture_runs(root: Path) -> None:
 @pytest.mark.parametrize("name", ["T1_T2.md", "T1_T2.tex", "T4.md", "T4.tex", "T5.md"])
 def test_rendering_matches_the_golden_files(tmp_path, name):
     _fixture_runs(tmp_path / "runs")
-    run = SimpleNamespace(runs=str(tmp_path / "runs"), out=str(tmp_path / "tables"), seed=0)
+    run = validate(compose_cfg("report", [f"runs={tmp_path / 'runs'}", f"out={tmp_path / 'tables'}"]))
     report(run, tmp_path / "report")
     got = (tmp_path / "tables" / name).read_text()
     if os.environ.get("RTKRUN_UPDATE_GOLDEN"):

@@ -10,7 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rtkrun.config import to_dict, validate
+from rtkrun.config import config_digest, to_dict, validate
 from rtkrun.errors import RtkrunError
 from rtkrun.runs import load_checkpoint, lock_run_dir, resolve_checkpoint
 
@@ -101,10 +101,30 @@ def preflight(cfg: DictConfig) -> Any:
     return run
 
 
+def finished(run, run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a sample/diagnose/evaluate job this directory already finished with exactly
+    this config (a re-launched sweep skips it), else None. Train runs resume instead."""
+    import json
+
+    path = run_dir / "metrics.json"
+    if run.command == "train" or not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    done = metrics.get("status") == "complete" and metrics.get("config_sha1") == config_digest(run)
+    return metrics if done else None
+
+
 def run_command(cfg: DictConfig, run_dir: Path) -> Any:
     run = validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_run_dir(run_dir)  # sweep jobs (and in-process callers) lock their own directory here
+    previous = finished(run, run_dir)
+    if previous is not None:
+        log.info("%s holds this finished %s job: skipped (delete its metrics.json to redo it)", run_dir, run.command)
+        return previous
     if run.command == "train":
         from rtkrun.commands.train import train
 

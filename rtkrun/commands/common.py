@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 
 import rtkrun
 from rtkrun import runs
-from rtkrun.config import typed_group
+from rtkrun.config import config_digest, typed_group
 from rtkrun.data import DATASETS
 from rtkrun.diffusion.schedules import build_schedule
 from rtkrun.errors import RtkrunError
@@ -174,8 +174,9 @@ def save_samples(
         module.write_files(samples, path, **extras)
 
 
-def provenance(seed: int) -> dict[str, Any]:
-    """Seeds, code version and package versions recorded with every metrics file."""
+def provenance(run) -> dict[str, Any]:
+    """Seed, config digest, code version and package versions recorded with every metrics file."""
+    seed = run.seed
     try:
         commit = (
             subprocess.run(
@@ -197,6 +198,7 @@ def provenance(seed: int) -> dict[str, Any]:
             versions[pkg] = None
     return {
         "seed": seed,
+        "config_sha1": config_digest(run),
         "rtkrun/version": rtkrun.__version__,
         "rtkrun/git_commit": commit,
         "python": platform.python_version(),

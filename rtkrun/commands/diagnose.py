@@ -211,7 +211,7 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
     _histograms(rows, run_dir / "diagnostics" / "histograms.png")
     metrics = {
         "status": "complete",
-        **provenance(run.seed),
+        **provenance(run),
         "ckpt": run.ckpt,
         "model": run.model.name,
         "dataset/dim": dim,

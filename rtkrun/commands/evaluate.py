@@ -42,7 +42,7 @@ def score_data(run, run_dir: Path) -> dict[str, Any]:
     x0 = dataset.get_batch(torch.arange(n)).cpu()
     scores = score(dataset, x0, run.evaluation, resolve_device(run.device))
     split = getattr(run.dataset, "split", "train")
-    metrics = {"status": "complete", **provenance(run.seed), "samples": f"data:{split}", **flatten("evaluate", scores)}
+    metrics = {"status": "complete", **provenance(run), "samples": f"data:{split}", **flatten("evaluate", scores)}
     metrics["dataset/name"] = run.dataset.name
     runs.write_json(run_dir / "metrics.json", metrics)
     log.info("the data themselves (%s, n=%d): %s; %s", split, n, describe(scores), run_dir.resolve())
@@ -71,7 +71,7 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
             f"{path} holds samples of shape {tuple(x0.shape[1:])}, the dataset expects {tuple(dataset.sample_shape)}"
         )
     scores = score(dataset, x0, run.evaluation, resolve_device(run.device), extras)
-    metrics = {"status": "complete", **provenance(run.seed), "samples": str(path), **flatten("evaluate", scores)}
+    metrics = {"status": "complete", **provenance(run), "samples": str(path), **flatten("evaluate", scores)}
     metrics["dataset/name"] = run.dataset.name
     runs.write_json(run_dir / "metrics.json", metrics)
     log.info("%s; %s", describe(scores), run_dir.resolve())

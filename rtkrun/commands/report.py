@@ -104,7 +104,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         written.update({f"T7/exponent/{g}": k for g, k in fits.items()})
     if not written:
         raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T7)")
-    metrics = {"status": "complete", **provenance(run.seed), "out": str(out), "skipped": len(groups["other"])}
+    metrics = {"status": "complete", **provenance(run), "out": str(out), "skipped": len(groups["other"])}
     metrics.update({f"rows/{k}": v for k, v in written.items()})
     run_files.write_json(run_dir / "metrics.json", metrics)
     log.info("tables %s written to %s", ", ".join(k for k in written if "/" not in k), out.resolve())

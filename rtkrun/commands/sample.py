@@ -51,7 +51,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
     )
     metrics = {
         "status": "complete",
-        **provenance(run.seed),
+        **provenance(run),
         "sampler": run.sampler.name,
         "nfe": info["nfe"],
         "seconds": info["seconds"],

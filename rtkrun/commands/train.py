@@ -49,7 +49,7 @@ def train(run, run_dir: Path) -> dict[str, Any]:
     model = model.to(device)
     log.info("run directory: %s", run_dir.resolve())
     started = time.time()
-    metrics: dict[str, Any] = {"status": "complete", **provenance(run.seed)}
+    metrics: dict[str, Any] = {"status": "complete", **provenance(run)}
     if needs_training(model):
         trainer = Trainer(run, model, dataset, schedule, run_dir, device, config, tracker)
         metrics.update(trainer.fit())
