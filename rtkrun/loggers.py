@@ -18,8 +18,19 @@ class NullTracker:
     def finish(self) -> None:
         pass
 
+    def image(self, key: str, path: Path, caption: str = "") -> None:
+        pass
+
+
+RUN_ID_FILE = "wandb_run_id.txt"
+
 
 class WandbTracker(NullTracker):
+    """Mirrors a run into wandb. The wandb run id is kept in the run directory
+    (``wandb_run_id.txt``, written atomically before the first record), so a resumed or requeued
+    job continues the same wandb run. On compute nodes without a network use
+    ``logger.mode=offline`` and upload later with ``wandb sync <run dir>/wandb/offline-run-*``."""
+
     def __init__(self, cfg, run_dir: Path, config: dict[str, Any]) -> None:
         try:
             import wandb
@@ -27,13 +38,20 @@ class WandbTracker(NullTracker):
             from rtkrun.errors import RtkrunError
 
             raise RtkrunError("logger=wandb needs the wandb package: pip install 'rtkrun[wandb]'") from e
+        from rtkrun.runs import atomic_write_bytes
+
         kwargs = {"mode": cfg.mode} if cfg.mode else {}
+        id_file = run_dir / RUN_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        atomic_write_bytes(id_file, (run_id + "\n").encode())
+        self.wandb = wandb
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
             tags=list(cfg.tags),
             dir=str(run_dir),
             name=run_dir.name,
+            id=run_id,
             config=config,
             resume="allow",
             **kwargs,
@@ -47,6 +65,10 @@ class WandbTracker(NullTracker):
 
     def finish(self) -> None:
         self.run.finish()
+
+    def image(self, key: str, path: Path, caption: str = "") -> None:
+        """A picture the run wrote (sample grid, molecule depictions, a table's figure)."""
+        self.run.log({key: self.wandb.Image(str(path), caption=caption)})
 
 
 def make_tracker(cfg, run_dir: Path, config: dict[str, Any]) -> NullTracker:

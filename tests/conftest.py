@@ -14,9 +14,9 @@ from rtkrun.cli import CONF_DIR
 RTKRUN = str(Path(sys.executable).parent / "rtkrun")  # the installed console script
 
 
-def compose_cfg(command: str, overrides: list[str] | None = None):
+def compose_cfg(command: str, overrides: list[str] | None = None, return_hydra_config: bool = False):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(command, overrides=overrides or [])
+        return compose(command, overrides=overrides or [], return_hydra_config=return_hydra_config)
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

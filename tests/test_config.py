@@ -11,7 +11,7 @@ from tests.conftest import compose_cfg
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("default_"))
-    for group in ("model", "schedule", "sampler", "logger", "experiment")
+    for group in ("model", "schedule", "sampler", "logger", "experiment", "sweep")
 }
 
 
@@ -92,3 +92,12 @@ def test_sampler_step_size_must_be_positive():
         validate(compose_cfg("sample", ["sampler.steps=0"]))
     with pytest.raises(ConfigError, match="sampler.eta must be >= 0"):
         validate(compose_cfg("sample", ["sampler.eta=-1"]))
+
+
+@pytest.mark.parametrize("option", GROUP_OPTIONS["sweep"])
+def test_every_sweep_composes_with_its_params(option):
+    command = "train" if option == "seeds" else "sample"
+    cfg = compose_cfg(command, [f"sweep={option}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params, option
+    validate(cfg)

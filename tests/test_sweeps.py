@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 SWEEP = [
@@ -52,3 +54,30 @@ def test_seeds_name_their_own_job_directories(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seeds = sorted(json.loads(p.read_text())["seed"] for p in sweep.glob("*/metrics.json"))
     assert seeds == [0, 1]  # before, seed was left out of the directory name and both jobs shared one
+
+
+@pytest.mark.slow
+def test_a_timed_out_job_is_requeued_and_resumes_to_the_uninterrupted_result(tmp_path):
+    """submitit's local executor sends SIGUSR2 30 s before a one-minute limit; the trainer
+    checkpoints at the next step, submitit requeues the job, and the new process resumes."""
+    import torch
+
+    from rtkrun import runs
+
+    train = ["trainer.max_steps=14000", "trainer.ckpt_every=100000", "trainer.log_every=1000",
+             "trainer.deterministic=true", "~evaluation.samplers"]  # fmt: skip
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train", "-m", "hydra/launcher=local", "hydra.launcher.timeout_min=1", *train, "seed=3",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (job,) = [p.parent for p in sweep.glob("*/metrics.json")]
+    log = (job / "train.log").read_text()
+    assert "SIGUSR2 at step" in log and "resumed from" in log, log[-2000:]
+    straight = tmp_path / "straight"
+    proc = run_cli("train", *train, "seed=3", f"hydra.run.dir={straight}", cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    a, b = runs.load_checkpoint(job), runs.load_checkpoint(straight)
+    assert a["step"] == b["step"] == 14000
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

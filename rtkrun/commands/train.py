@@ -90,6 +90,7 @@ def train(run, run_dir: Path) -> dict[str, Any]:
             title=f"{label}: {describe(scores)}",
             extras=info["extras"],
         )
+        tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=describe(scores))
         metrics.update(flatten(f"eval/{label}", {**scores, "nfe": info["nfe"], "seconds": info["seconds"]}))
         log.info("%s: %s, NFE %d, %.2f s", label, describe(scores), info["nfe"], info["seconds"])
     if run.model.name == "mog_student":
