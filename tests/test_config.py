@@ -101,3 +101,11 @@ def test_every_sweep_composes_with_its_params(option):
     params = cfg.hydra.sweeper.params
     assert params, option
     validate(cfg)
+
+
+@pytest.mark.parametrize("preset,target", [("slurm", "SlurmLauncher"), ("local", "LocalLauncher")])
+def test_launcher_presets_compose(preset, target):
+    launcher = compose_cfg("sample", [f"hydra/launcher={preset}"], return_hydra_config=True).hydra.launcher
+    assert launcher._target_.endswith(target) and launcher.timeout_min > 0
+    if preset == "slurm":
+        assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0
