@@ -7,6 +7,8 @@ the wrong type or a value out of range stops the run with one message naming the
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -327,7 +329,4 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def config_digest(run: Any) -> str:
     """SHA-1 of a validated run config: what a finished job's metrics.json is checked against."""
-    import hashlib
-    import json
-
     return hashlib.sha1(json.dumps(to_dict(run), sort_keys=True, default=str).encode()).hexdigest()

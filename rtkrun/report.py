@@ -226,7 +226,7 @@ def t4_quoted_rows() -> list[dict[str, Any]]:
         {
             "source": f"{name} (quoted)",
             "nfe": T4_QUOTED_NFE.get(name),
-            **dict(zip(T4_METRICS[:2] + ("validity", "valid_x_unique"), values)),
+            **dict(zip(T4_METRICS[:4], values)),
             "status": "quoted",
         }
         for name, values in T4_QUOTED.items()

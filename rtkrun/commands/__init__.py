@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,6 @@ def preflight(cfg: DictConfig) -> Any:
 def finished(run, run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a sample/diagnose/evaluate job this directory already finished with exactly
     this config (a re-launched sweep skips it), else None. Train runs resume instead."""
-    import json
-
     path = run_dir / "metrics.json"
     if run.command == "train" or not path.exists():
         return None

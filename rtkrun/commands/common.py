@@ -58,6 +58,26 @@ def build_parts(run, seed: int):
     return dataset, schedule, model
 
 
+def start_batch(model, dataset, noise):
+    """(denoiser, x_T, noise, node mask or None) for one batch of per-sample noise streams. Most
+    datasets draw x_T from their prior; datasets on a subspace (molecules) start the batch
+    themselves: atom counts from the prior, the node mask bound into the denoiser, and a noise
+    source that projects every later draw."""
+    module = DATASETS[dataset.cfg.name][1]
+    if hasattr(dataset, "sampling_start"):
+        x_T, space, noise = dataset.sampling_start(noise)
+        return module.BoundDenoiser(model, space), x_T, noise, space.mask
+    return model, module.prior(noise, tuple(dataset.sample_shape)), noise, None
+
+
+def bind_to_data(model, dataset, x0: torch.Tensor):
+    """The denoiser for noised versions of the examples ``x0``: on a subspace dataset, with the
+    examples' node mask bound in; else the model itself."""
+    if not hasattr(dataset, "space_of"):
+        return model
+    return DATASETS[dataset.cfg.name][1].BoundDenoiser(model, dataset.space_of(x0))
+
+
 def draw_samples(
     model, sampler_cfg, schedule, dataset, n: int, batch_size: int, seed: int, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -67,19 +87,14 @@ def draw_samples(
     then holds the node masks."""
     fn = SAMPLERS[sampler_cfg.name][1]
     settings = settings_for(sampler_cfg)
-    module = DATASETS[dataset.cfg.name][1]
     chunks, masks, nfe, stats = [], [], 0, {}
     start_time = time.time()
     model.eval()
     for start in range(0, n, batch_size):
         noise = SampleNoise.for_range(seed, start, min(start + batch_size, n), device=device)
-        denoiser = model
-        if hasattr(dataset, "sampling_start"):
-            x_T, space, noise = dataset.sampling_start(noise)
-            denoiser = module.BoundDenoiser(model, space)
-            masks.append(space.mask.cpu())
-        else:
-            x_T = module.prior(noise, tuple(dataset.sample_shape))
+        denoiser, x_T, noise, mask = start_batch(model, dataset, noise)
+        if mask is not None:
+            masks.append(mask.cpu())
         result = fn(denoiser, x_T, schedule, generator=noise, **settings)
         chunks.append(result.x0.detach().cpu())
         nfe, stats = result.nfe, result.stats
@@ -97,12 +112,10 @@ def score(
     images FID with its sample count; for molecules EDM's stability, validity, uniqueness and
     novelty (``extras["node_mask"]`` says which rows are atoms)."""
     if dataset.cfg.name == "qm9":
-        from rtkrun.data.qm9 import decode, mask_of
+        from rtkrun.data.qm9 import decode, node_mask_of
         from rtkrun.metrics import molecules
 
-        mask = (extras or {}).get("node_mask")
-        mask = mask_of(samples) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
-        numbers, positions = decode(samples, mask)
+        numbers, positions = decode(samples, node_mask_of(samples, (extras or {}).get("node_mask")))
         scores = molecules.score_molecules(numbers, positions, molecules.training_smiles(dataset))
         scores["nonfinite"] = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
         return scores

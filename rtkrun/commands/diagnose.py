@@ -16,7 +16,14 @@ from typing import Any
 import torch
 
 from rtkrun import runs
-from rtkrun.commands.common import flatten, load_trained_parts, provenance, resolve_device
+from rtkrun.commands.common import (
+    bind_to_data,
+    flatten,
+    load_trained_parts,
+    provenance,
+    resolve_device,
+    start_batch,
+)
 from rtkrun.diagnostics.convexity import bound_chain, matrix_free_chain
 from rtkrun.diffusion.param import expand_like
 from rtkrun.samplers import SAMPLERS, settings_for
@@ -55,7 +62,7 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
     # there): L is exact, but σ_min(I + J) is reported as min(1, its value on the subspace) and
     # the true curvature as min(1/σ², its value on the subspace).
     space = dataset.space_of(x0) if hasattr(dataset, "space_of") else None
-    denoiser = model if space is None else bind(model, space, device)
+    denoiser = bind_to_data(model, dataset, x0.to(device))
     out = []
     for t in dc.noise_levels:
         tt = torch.full((x0.shape[0],), float(t), dtype=torch.float64)
@@ -72,12 +79,7 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
     if dc.trajectory:
         recorded = []
         noise = SampleNoise.for_range(run.seed, 0, n, device=device, dtype=torch.float64)
-        traj_denoiser = model
-        if hasattr(dataset, "sampling_start"):
-            x_T, traj_space, noise = dataset.sampling_start(noise)
-            traj_denoiser = bind(model, traj_space, device)
-        else:
-            x_T = noise.randn(*dataset.sample_shape)
+        traj_denoiser, x_T, noise, _ = start_batch(model, dataset, noise)
         SAMPLERS[run.sampler.name][1](
             traj_denoiser,
             x_T,
@@ -102,13 +104,6 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
                 }
             )
     return out
-
-
-def bind(model, space, device: torch.device):
-    """The molecule denoiser with a batch's node mask bound in (outputs projected)."""
-    from rtkrun.data.qm9 import BoundDenoiser, MoleculeSpace
-
-    return BoundDenoiser(model, MoleculeSpace(space.mask.to(device)))
 
 
 def _summaries(rows: list[dict[str, Any]]) -> dict[str, float]:

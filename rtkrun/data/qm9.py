@@ -29,7 +29,6 @@ from rtkrun.data.qm9_files import (
     ELEMENTS,
     FIELDS,
     MAX_ATOMS,
-    DataError,
     MoleculeTable,
     qm9pack_files,
     read_figshare,
@@ -258,11 +257,8 @@ def decode(x: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]
     return numbers.cpu().numpy().astype(np.int8), (x[..., :3] * mask[..., None]).cpu().numpy().astype(np.float64)
 
 
-def prior(noise, shape: tuple[int, ...]) -> torch.Tensor:
-    raise DataError("QM9 samples start from QM9Dataset.sampling_start (atom counts from the training prior)")
-
-
-def _mask(samples: torch.Tensor, node_mask) -> torch.Tensor:
+def node_mask_of(samples: torch.Tensor, node_mask=None) -> torch.Tensor:
+    """The saved node mask of molecule samples, or the mask read off clean one-hot rows."""
     return mask_of(samples) if node_mask is None else torch.as_tensor(node_mask, dtype=torch.bool)
 
 
@@ -271,7 +267,7 @@ def save_picture(samples: torch.Tensor, dataset, path, title: str = "", node_mas
     their atoms with the inferred bonds, unsanitised."""
     from rtkrun.metrics import molecules
 
-    numbers, positions = decode(samples[:16], _mask(samples, node_mask)[:16])
+    numbers, positions = decode(samples[:16], node_mask_of(samples, node_mask)[:16])
     molecules.save_grid(numbers, positions, path, title=title)
 
 
@@ -279,5 +275,5 @@ def write_files(samples: torch.Tensor, path: Path, node_mask=None) -> None:
     """``<path>.sdf``: every sample with its inferred bonds and 3-D coordinates."""
     from rtkrun.metrics import molecules
 
-    numbers, positions = decode(samples, _mask(samples, node_mask))
+    numbers, positions = decode(samples, node_mask_of(samples, node_mask))
     molecules.write_sdf(numbers, positions, Path(path).with_suffix(".sdf"))

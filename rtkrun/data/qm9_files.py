@@ -180,7 +180,7 @@ def read_figshare(root: str | Path) -> MoleculeTable:
     return pack(records, str(root))
 
 
-def _parse_list(text: str, where: str) -> list[str]:
+def _parse_list(text: str) -> list[str]:
     return [v.strip(" '\"") for v in text.strip("[] ").replace("[", "").replace("]", "").split(",") if v.strip()]
 
 
@@ -201,9 +201,9 @@ def _read_rows(reader: csv.DictReader, name: str) -> list[Record]:
     for row in reader:
         where = f"{name} line {reader.line_num}"
         try:
-            elements = _parse_list(row["Elements"], where)
-            flat = [parse_number(v, where) for v in _parse_list(row["XYZ_Ang"], where)]
-            charges = [parse_number(v, where) for v in _parse_list(row["Mulliken_pop"], where)]
+            elements = _parse_list(row["Elements"])
+            flat = [parse_number(v, where) for v in _parse_list(row["XYZ_Ang"])]
+            charges = [parse_number(v, where) for v in _parse_list(row["Mulliken_pop"])]
             n, index = int(row["N_atoms"]), int(row["Index"])
         except (TypeError, ValueError, AttributeError):
             raise DataError(f"{where}: malformed row") from None
