@@ -28,6 +28,7 @@ COMMANDS = {
     "evaluate": "score saved samples (samples=...)",
     "diagnose": "regularity of the DDDM map along sampler trajectories and at data-derived x_t",
     "report": "collect run directories (runs=...) into the paper's tables and figures",
+    "bench": "time training, samplers, diagnostics and layouts against references (preset=tiny|reference)",
 }
 log = logging.getLogger("rtkrun")
 HYDRA_FLAGS_WITH_VALUE = {

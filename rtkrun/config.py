@@ -215,12 +215,45 @@ class ReportRun:
     out: str = "outputs/tables"
 
 
+@dataclass
+class BenchRun:
+    command: str
+    seed: int
+    logger: Any
+    evaluation: Any
+    device: str = "auto"
+    preset: str = "tiny"  # tiny (CPU-sized models, the smoke test) | reference (the paper's sizes)
+    datasets: list[str] = field(default_factory=lambda: ["mog", "qm9", "cifar10"])
+    sections: list[str] = field(default_factory=lambda: ["training", "sampling", "diagnostics", "egnn", "precision"])
+    warmup: int = 2
+    repeats: int = 5
+    compile: str = "auto"  # auto: on CUDA only | on | off
+    threads: int | None = None  # CPU threads for torch (null: torch's default)
+    out: str | None = None  # also write the Markdown here (and the JSON beside it)
+
+    def __post_init__(self) -> None:
+        _choice(self, "preset", ("tiny", "reference"))
+        _choice(self, "compile", ("auto", "on", "off"))
+        _at_least(self, "warmup", 0)
+        _at_least(self, "repeats", 1)
+        for key, options in (
+            ("datasets", ("mog", "qm9", "cifar10")),
+            ("sections", ("training", "sampling", "diagnostics", "egnn", "precision")),
+        ):
+            unknown = [v for v in getattr(self, key) if v not in options]
+            if unknown or not getattr(self, key):
+                raise ConfigError(f"{key}={getattr(self, key)} must be a non-empty list of: {', '.join(options)}")
+        if self.threads is not None:
+            _at_least(self, "threads", 1)
+
+
 COMMANDS = {
     "train": TrainRun,
     "sample": SampleRun,
     "evaluate": EvaluateRun,
     "diagnose": DiagnoseRun,
     "report": ReportRun,
+    "bench": BenchRun,
 }
 
 

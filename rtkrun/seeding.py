@@ -2,9 +2,12 @@
 
 The NVlabs/edm habit is one generator per sample. Drawing a few numbers per sample per step
 from ten thousand generators costs microseconds each, which dominates small models, so each
-sample's generator is read in fixed blocks of ``BLOCK`` scalars and consumed from a buffer.
-The k-th scalar of sample i is therefore a fixed function of (seed, i, k): independent of the
-batch a sample is drawn in, of the device, and of how requests are shaped.
+sample's generator is read ahead in chunks and consumed from a buffer. Chunks are multiples of
+16 scalars, growing from 64 to ``BLOCK``: torch's CPU normal sampler fills 16 values at a time,
+so any such chunking reads exactly the numbers of one long draw (a test pins this). The k-th
+scalar of sample i is therefore a fixed function of (seed, i, k): independent of the batch a
+sample is drawn in, of the device, and of how requests are shaped. Seeds for a whole batch come
+from one vectorised pass of NumPy's ``SeedSequence`` hash (``sample_seeds``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,56 @@ import torch
 BLOCK = 1024
 
 
+FIRST_CHUNK = 64
+_M32 = 0xFFFFFFFF
+# The constants of NumPy's SeedSequence (O'Neill's seed_seq_fe, numpy/random/bit_generator.pyx).
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R, _POOL = 0xCA01F9DD, 0x4973F715, 4
+
+
 def sample_seed(seed: int, index: int) -> int:
     """A 63-bit seed for sample ``index`` of a run seeded with ``seed`` (SeedSequence mixing)."""
     state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),)).generate_state(2)
     return (int(state[0]) << 31 ^ int(state[1])) & (2**63 - 1)
+
+
+def _hashmix(value, const: list[int]):
+    value = value ^ const[0]
+    const[0] = (const[0] * _MULT_A) & _M32
+    value = (value * const[0]) & _M32
+    return value ^ (value >> 16)
+
+
+def _mix(x, y):
+    out = (_MIX_L * x - _MIX_R * y) & _M32
+    return out ^ (out >> 16)
+
+
+def sample_seeds(seed: int, indices: Sequence[int]) -> list[int]:
+    """``[sample_seed(seed, i) for i in indices]`` in one vectorised pass: the seed's four pool
+    words are mixed once, then every index word is hashed into them at once (uint64 arithmetic
+    reduced mod 2³²). Seeds ≥ 2¹²⁸ or indices ≥ 2³² take the scalar path."""
+    seed, idx = int(seed), np.asarray(list(indices), dtype=np.int64)
+    if not 0 <= seed < 2**128 or (idx.size and (idx.min() < 0 or idx.max() >= 2**32)):
+        return [sample_seed(seed, int(i)) for i in idx]
+    words = [(seed >> (32 * k)) & _M32 for k in range(max(1, (seed.bit_length() + 31) // 32))]
+    words += [0] * (_POOL - len(words))  # SeedSequence pads the run entropy when spawn keys follow
+    const = [_INIT_A]
+    pool = [_hashmix(w, const) for w in words]
+    for src in range(_POOL):
+        for dst in range(_POOL):
+            if src != dst:
+                pool[dst] = _mix(pool[dst], _hashmix(pool[src], const))
+    value = idx.astype(np.uint64)
+    mixed = [_mix(np.uint64(p), _hashmix(value, const)) for p in pool]  # the index word, into each pool word
+    state, const_b = [], _INIT_B
+    for k in range(2):  # generate_state(2)
+        v = mixed[k] ^ np.uint64(const_b)
+        const_b = (const_b * _MULT_B) & _M32
+        v = (v * np.uint64(const_b)) & np.uint64(_M32)
+        state.append(v ^ (v >> np.uint64(16)))
+    out = ((state[0] << np.uint64(31)) ^ state[1]) & np.uint64(2**63 - 1)
+    return [int(v) for v in out]
 
 
 class SampleNoise:
@@ -42,9 +91,10 @@ class SampleNoise:
         self.indices = [int(i) for i in indices]
         self.device = torch.device(device)
         self.dtype = dtype
-        self._generators = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]
+        self._generators = [torch.Generator().manual_seed(s) for s in sample_seeds(seed, self.indices)]
         self._buffer = torch.empty(len(self.indices), 0, dtype=dtype)
         self._pos = 0
+        self._chunk = FIRST_CHUNK // 2
 
     @classmethod
     def for_range(
@@ -63,15 +113,13 @@ class SampleNoise:
     def _take(self, n: int) -> torch.Tensor:
         available = self._buffer.shape[1] - self._pos
         if available < n:
-            blocks = math.ceil((n - available) / BLOCK)
-            fresh = torch.stack(
-                [
-                    torch.cat([torch.randn(BLOCK, generator=g, dtype=self.dtype) for _ in range(blocks)])
-                    for g in self._generators
-                ]
-            )
-            self._buffer = torch.cat([self._buffer[:, self._pos :], fresh], dim=1)
-            self._pos = 0
+            self._chunk = min(BLOCK, 2 * self._chunk)
+            size = max(16 * math.ceil((n - available) / 16), self._chunk)
+            fresh = torch.empty(len(self._generators), available + size, dtype=self.dtype)
+            fresh[:, :available] = self._buffer[:, self._pos :]
+            for row, g in zip(fresh[:, available:].unbind(0), self._generators):
+                row.normal_(generator=g)  # the same numbers as torch.randn(size, generator=g)
+            self._buffer, self._pos = fresh, 0
         out = self._buffer[:, self._pos : self._pos + n]
         self._pos += n
         return out

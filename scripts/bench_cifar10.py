@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rtkrun.bench.presets import write_fake_cifar10
 from rtkrun.config import TrainerConfig
 from rtkrun.data import cifar10
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
@@ -48,15 +48,6 @@ def bf16_peak(name: str) -> float | None:
     if "H100" in name:
         return BF16_PEAK["H100 PCIe" if "PCIe" in name else "H100 NVL" if "NVL" in name else "H100 SXM"]
     return next((v for k, v in BF16_PEAK.items() if k in name), None)
-
-
-def write_fake_release(root: Path, n_per_batch: int) -> None:
-    folder = root / cifar10.FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in cifar10.SPLITS["train"]:
-        images = rng.integers(0, 256, (n_per_batch, 3, 32, 32), dtype=np.uint8)
-        cifar10.write_batch(folder / name, images, np.zeros(n_per_batch))
 
 
 class Timer:
@@ -268,7 +259,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     with tempfile.TemporaryDirectory() as tmp:
-        write_fake_release(Path(tmp), args.images // 5)
+        write_fake_cifar10(Path(tmp), args.images // 5)
         dataset = cifar10.build(cifar10.Cifar10Config(root=tmp, verify="never"))
         schedule = build_schedule(SCHEDULES["linear"][0]())
         train_rows = bench_training(args, dataset, schedule, device, Path(tmp) / "run")

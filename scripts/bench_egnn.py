@@ -17,13 +17,12 @@ import datetime
 import io
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rtkrun.bench.timing import measure
 from rtkrun.data import qm9
 from rtkrun.diffusion.schedules import PolynomialSchedule
 from rtkrun.models.egnn import EGNN, EGNNConfig
@@ -31,23 +30,8 @@ from rtkrun.runs import atomic_write_bytes
 
 
 def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds per call (the suite's clock: CUDA events on a GPU)."""
+    return measure(fn, device, warmup=warmup, repeats=repeats).seconds
 
 
 def training_molecules(path: str | None, n: int) -> qm9.MoleculeTable:

@@ -287,3 +287,24 @@ def test_unet_on_cuda_matches_cpu_float64_and_bf16_is_close():
     scale = reference.abs().max()
     assert (fp32 - reference).abs().max() < 1e-4 * scale
     assert (bf16 - reference).abs().max() < 5e-2 * scale
+
+
+def test_unet_jvp_in_float64_matches_finite_differences_and_the_fused_attention():
+    """The diagnostics take jvps of the float64 U-Net (forward-mode AD, which the fused attention
+    kernels do not implement): the float64 attention is the same map as the fused one, and its
+    jvp equals a central difference."""
+    torch.manual_seed(0)
+    model = small_unet().double().eval()
+    gen = torch.Generator().manual_seed(1)
+    x, z, v = (torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64) for _ in range(3))
+    t = torch.full((2,), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        fused = model.float()(x.float(), t.float(), z.float()).double()
+        model.double()
+        plain = model(x, t, z)
+    assert (fused - plain).abs().max() < 1e-4
+    _, tangent = torch.func.jvp(lambda zz: model(x, t, zz), (z,), (v,))
+    eps = 1e-5
+    with torch.no_grad():
+        central = (model(x, t, z + eps * v) - model(x, t, z - eps * v)) / (2 * eps)
+    assert torch.allclose(tangent, central, rtol=1e-6, atol=1e-7)

@@ -103,6 +103,11 @@ def test_diagnose_runs_on_molecules(setup):
     assert metrics["estimator"] == "lanczos" and metrics["dataset/dim"] == 29 * 9 and metrics["points"] == 4
     rows = (out / "diagnostics" / "points.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 and all("nan" not in r for r in rows)
+    # The exact (per-sample vmap) path cannot carry a batch's node mask: one clear line, not a crash.
+    proc = run_cli("diagnose", f"ckpt={run_dir}", "diagnostics.estimator=exact", f"hydra.run.dir={cwd / 'exact'}",
+                   cwd=cwd, env=env)  # fmt: skip
+    assert proc.returncode == 2 and "use diagnostics.estimator=lanczos" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_data_row_and_report_build_t4(setup):

@@ -15,7 +15,7 @@ GROUP_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "diagnose"])
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "diagnose", "bench"])
 def test_primary_configs_validate(command):
     overrides = ["samples=x.npz"] if command == "evaluate" else []
     run = validate(compose_cfg(command, overrides))

@@ -1,5 +1,7 @@
 """DDPM and DDIM with the exact MoG denoiser: exactness, NFE counting, callbacks and seeds."""
 
+import math
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from rtkrun.models.oracle import MogOracle
 from rtkrun.samplers import SAMPLERS
 from rtkrun.samplers.ddim import ddim
 from rtkrun.samplers.ddpm import ddpm
-from rtkrun.seeding import SampleNoise
+from rtkrun.seeding import SampleNoise, sample_seed, sample_seeds
 
 MIXTURES = {
     2: MogConfig(
@@ -114,6 +116,28 @@ def test_noise_streams_are_standard_normal_and_uniform():
     assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1) < 0.03
     u = noise.rand(2)
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+
+
+def test_batch_seeds_equal_numpy_seed_sequence():
+    # The vectorised hash against NumPy's own SeedSequence, over small, 32-bit-edge and
+    # multi-word seeds and indices; indices >= 2**32 take the scalar path.
+    indices = [0, 1, 2, 17, 4095, 65_536, 2**31, 2**32 - 1, 2**32, 2**40 + 3]
+    for seed in (0, 1, 7, 2**32 - 1, 2**32 + 5, 2**70 + 3, 2**127 + 9, 2**130):
+        assert sample_seeds(seed, indices) == [sample_seed(seed, i) for i in indices], seed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_stream_is_one_long_draw_whatever_the_request_shapes(dtype):
+    # Sample i's k-th scalar is the k-th number of its own generator: requests of any shape,
+    # read through growing chunks (multiples of 16), give exactly one long torch.randn of that
+    # generator (whose length is a multiple of 16: torch fills a ragged tail another way).
+    noise = SampleNoise(11, [3, 400, 9], dtype=dtype)
+    shapes = [(2,), (29, 9), (1,), (3, 32, 32), (7,), (1000,), (5,), (1,)]
+    drawn = torch.cat([noise.randn(*shape).flatten(1) for shape in shapes], 1)
+    for row, index in zip(drawn, [3, 400, 9]):
+        g = torch.Generator().manual_seed(sample_seed(11, index))
+        long_draw = torch.randn(16 * math.ceil(drawn.shape[1] / 16), generator=g, dtype=dtype)
+        assert torch.equal(row, long_draw[: drawn.shape[1]])
 
 
 def test_ddpm_step_is_the_gaussian_posterior():

@@ -106,7 +106,7 @@ def finished(run, run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a sample/diagnose/evaluate job this directory already finished with exactly
     this config (a re-launched sweep skips it), else None. Train runs resume instead."""
     path = run_dir / "metrics.json"
-    if run.command == "train" or not path.exists():
+    if run.command in ("train", "bench") or not path.exists():
         return None
     try:
         metrics = json.loads(path.read_text())
@@ -136,6 +136,10 @@ def run_command(cfg: DictConfig, run_dir: Path) -> Any:
         from rtkrun.commands.diagnose import diagnose
 
         return diagnose(run, run_dir)
+    if run.command == "bench":
+        from rtkrun.commands.bench import bench
+
+        return bench(run, run_dir)
     if run.command == "report":
         from rtkrun.commands.report import report
 

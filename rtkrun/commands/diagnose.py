@@ -26,6 +26,7 @@ from rtkrun.commands.common import (
 )
 from rtkrun.diagnostics.convexity import bound_chain, matrix_free_chain
 from rtkrun.diffusion.param import expand_like
+from rtkrun.errors import RtkrunError
 from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.seeding import SampleNoise
 
@@ -153,6 +154,13 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
     model = model.double().eval().requires_grad_(False).to(device)  # derivatives in z only
     dim = math.prod(dataset.sample_shape)
     estimator = dc.estimator if dc.estimator != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "lanczos")
+    if estimator == "exact" and hasattr(dataset, "space_of"):
+        # The exact path differentiates one sample at a time (vmap), but a molecule denoiser
+        # carries its whole batch's node mask: the two do not fit together.
+        raise RtkrunError(
+            f"diagnostics.estimator=exact does not support dataset={dataset.cfg.name} (per-batch node masks); "
+            "use diagnostics.estimator=lanczos"
+        )
     log.info("diagnosing with the %s estimators (d = %d)", estimator, dim)
     rows = []
     for p in _points(run, dataset, schedule, model, device):

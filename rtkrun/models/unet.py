@@ -110,7 +110,12 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        if x.dtype == torch.float64:
+            # The diagnostics' float64 path takes jvps, and forward-mode AD is not implemented
+            # for the fused attention kernels (torch 2.14, CPU); the plain formula is the same map.
+            out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c), dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return (x + self.proj(out)) * SKIP_SCALE
 

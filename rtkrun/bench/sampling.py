@@ -1,0 +1,75 @@
+"""Sampler overhead: the time per NFE of each sampler over the time of one bare network call.
+
+Every row samples one batch the way ``rtkrun sample`` does: per-sample noise streams, the
+dataset's own start (molecules: atom counts, node mask, projections), then the sampler at the
+case's NFE budget. The reference is the same denoiser called once on that batch, measured in
+the same run. Two ratios are given: ``overhead`` counts the whole call (what a user waits for)
+and ``loop overhead`` leaves out the per-batch set-up (seeding the noise streams, the start),
+which is paid once per batch whatever the NFE. Goals (issue 9): ≤ 1.10 for DDPM, DDIM and DDDM;
+≤ 1.5 for RTK-MALA, whose energy differences and accept steps are extra work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rtkrun.bench.presets import Parts
+from rtkrun.bench.timing import measure
+from rtkrun.commands.common import start_batch
+from rtkrun.config import typed_group
+from rtkrun.samplers import SAMPLERS, settings_for
+from rtkrun.seeding import SampleNoise
+
+GOALS = {"ddpm": 1.10, "ddim": 1.10, "dddm": 1.10, "rtk_mala": 1.5}
+
+
+def bench_sampling(parts: Parts, *, warmup: int, repeats: int, samplers=tuple(GOALS)) -> list[dict[str, Any]]:
+    device, batch, seed = parts.device, parts.case.sample_batch, parts.run.seed
+    model = parts.model.eval()
+
+    def setup():
+        return start_batch(model, parts.dataset, SampleNoise.for_range(seed, 0, batch, device=device))
+
+    denoiser, x_T, _, _ = setup()
+    t = torch.full((batch,), 0.5, device=device, dtype=x_T.dtype)
+    with torch.no_grad():
+        z = denoiser(x_T, t)
+        bare = {
+            False: measure(lambda: denoiser(x_T, t), device, warmup=warmup, repeats=repeats),
+            True: measure(lambda: denoiser(x_T, t, z), device, warmup=warmup, repeats=repeats),
+        }
+    set_up = measure(setup, device, warmup=1, repeats=repeats)
+    rows = []
+    for name in samplers:
+        fn = SAMPLERS[name][1]
+        settings = settings_for(typed_group("sampler", {"name": name, "nfe": parts.case.nfe}))
+
+        def sample(fn=fn, settings=settings):
+            den, x, noise, _ = setup()
+            return fn(den, x, parts.schedule, generator=noise, **settings)
+
+        nfe = sample().nfe
+        timed = measure(sample, device, warmup=warmup, repeats=repeats)
+        call = bare[name == "dddm"].seconds  # DDDM's calls carry the estimate z
+        per_nfe = timed.seconds / nfe
+        loop = (timed.seconds - set_up.seconds) / nfe
+        rows.append(
+            {
+                "case": parts.name,
+                "sampler": name,
+                "batch": batch,
+                "nfe": nfe,
+                "ms_per_nfe": 1e3 * per_nfe,
+                "bare_ms": 1e3 * call,
+                "overhead": per_nfe / call,
+                "loop_overhead": loop / call,
+                "setup_ms": 1e3 * set_up.seconds,
+                "goal": GOALS.get(name),
+                "samples_nfe_per_s": batch * nfe / timed.seconds,
+                "spread": timed.spread,
+                "peak_mib": None if timed.peak_bytes is None else timed.peak_bytes / 2**20,
+            }
+        )
+    return rows

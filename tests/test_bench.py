@@ -1,0 +1,71 @@
+"""``rtkrun bench``: the tiny preset produces every row of every section (a smoke test of the
+harness, not of any speed), its figures are finite, and bad settings fail before any work."""
+
+import json
+import math
+
+import pytest
+
+from rtkrun.bench.presets import PRESETS
+from rtkrun.bench.sampling import GOALS
+from rtkrun.bench.suite import COLUMNS, TITLES
+from tests.conftest import run_cli
+
+
+def _expected_rows(preset: str, datasets: list[str]) -> dict[str, int]:
+    cases = [c for c in PRESETS[preset] if c.dataset in datasets]
+    return {
+        "training": len(cases),
+        "sampling": len(cases) * len(GOALS),
+        # matrix-free for every case, plus the exact chain where the dimension allows it
+        "diagnostics": len(cases) + sum(c.exact_max_dim > 0 for c in cases),
+        "egnn": 6 * sum(c.dataset == "qm9" for c in cases),  # 3 layouts × (sampling, training)
+        "precision": 2 * len(cases),  # fp32, bf16 (compile rows on CUDA or with compile=on)
+    }
+
+
+def test_bench_tiny_preset_produces_every_row(tmp_path):
+    out = tmp_path / "docs" / "performance.md"
+    run_dir = tmp_path / "bench"
+    proc = run_cli(
+        "bench", "repeats=1", "warmup=0", "device=cpu", f"out={out}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        timeout=500,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((run_dir / "bench.json").read_text())
+    assert json.loads(out.with_suffix(".json").read_text())["sections"] == result["sections"]
+    expected = _expected_rows("tiny", ["mog", "qm9", "cifar10"])
+    assert {k: len(v) for k, v in result["sections"].items()} == expected
+    for section, rows in result["sections"].items():
+        for row in rows:
+            for key, _, _ in COLUMNS[section]:
+                value = row[key]
+                if isinstance(value, float):
+                    assert math.isfinite(value) and value >= 0, (section, key, row)
+    sampling = result["sections"]["sampling"]
+    assert {r["sampler"] for r in sampling} == set(GOALS)
+    assert all(r["overhead"] > 0 and r["nfe"] >= 1 and r["goal"] == GOALS[r["sampler"]] for r in sampling)
+    egnn = result["sections"]["egnn"]
+    assert [r["layout"] for r in egnn] == ["edges", "pairs", "dense"] * 2
+    assert all(r["speedup_vs_edges"] == 1.0 for r in egnn if r["layout"] == "edges")
+    text = out.read_text()
+    assert text.startswith("# Performance") and result["machine"]["device"] in text
+    for section, rows in result["sections"].items():
+        assert TITLES[section] in text
+        assert text.count(f"| {rows[0]['case']} |") >= 1
+    assert sum(line.startswith("| ") for line in text.splitlines()) == sum(expected.values()) + len(expected)
+    assert json.loads((run_dir / "metrics.json").read_text())["rows"] == sum(expected.values())
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("preset=huge", "preset='huge' is unknown"),
+        ("sections=[training,speed]", "sections=['training', 'speed'] must be a non-empty list of"),
+        ("repeats=0", "repeats must be >= 1"),
+    ],
+)
+def test_bench_bad_settings_fail_in_one_line(tmp_path, override, fragment):
+    proc = run_cli("bench", override, f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "b" / "bench.json").exists()
