@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtkrun.data.qm9 import MoleculeSpace
+from rtkrun.data.qm9 import BoundDenoiser, MoleculeSpace
 from rtkrun.diffusion.schedules import PolynomialSchedule
 from rtkrun.models.egnn import EGNN, EGNNConfig
 
@@ -100,6 +100,28 @@ def test_every_graph_layout_computes_the_same_function(layout):
     torch.testing.assert_close(model(x, t, z, node_mask=mask, estimate_mask=estimate_mask), pairs, atol=1e-9, rtol=0)
     # A row without an estimate equals the z=None call.
     torch.testing.assert_close(pairs[1], model(x, t, None, node_mask=mask)[1], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["pairs", "dense", "edges"])
+def test_bound_denoiser_does_the_batch_work_once_and_computes_the_same(layout, monkeypatch):
+    # Sampling binds the node mask once per batch (trim width, edge list); the calls in the
+    # loop then read nothing back from the device, and equal the unbound forward exactly.
+    model = _model(graph=layout)
+    x, z, t, mask = _batch(n_max=12)  # three padding rows on every molecule: the trim is used
+    bound = BoundDenoiser(model, MoleculeSpace(mask))
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k)
+        )
+    outs = [bound(x, t, z), bound(x, t), bound(x, t, z)]
+    monkeypatch.undo()
+    assert reads == []
+    space = MoleculeSpace(mask)
+    torch.testing.assert_close(outs[0], space.project(model(x, t, z, node_mask=mask)), atol=0, rtol=0)
+    torch.testing.assert_close(outs[1], space.project(model(x, t, None, node_mask=mask)), atol=0, rtol=0)
+    assert outs[0].shape == x.shape and (outs[0][:, 9:] == 0).all()
 
 
 def test_parameter_count_at_edm_size():

@@ -158,3 +158,54 @@ def test_ddpm_step_is_the_gaussian_posterior():
     mean = (a_s * b / s_t**2) * x0_hat + (a * s_s**2 / s_t**2) * x_t[:1]
     torch.testing.assert_close(x_s.mean(0, keepdim=True), mean, atol=4e-3, rtol=0)
     assert x_s.var(0).mean().item() == pytest.approx(b * s_s**2 / s_t**2, rel=0.01)
+
+
+HOST_SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "nonzero")
+
+
+def _count_host_syncs(monkeypatch) -> dict[str, int]:
+    """Counts calls that make the host wait for the device (on a GPU): reading a value back."""
+    counts = {name: 0 for name in HOST_SYNCS}
+    for name in HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"name": "ddpm"},
+        {"name": "ddim"},
+        {"name": "pf_ode"},
+        {"name": "dddm", "levels": 2},
+        {"name": "rtk_mala"},
+        {"name": "rtk_mala", "energy": "gauss_legendre"},
+        {"name": "rtk_mala", "target": "dddm", "segments": 2},
+        {"name": "rtk_uld"},
+    ],
+)
+def test_sampler_loops_never_read_values_back_per_step(config, monkeypatch):
+    # No .item()/bool()/.tolist() inside the loop: statistics stay on the device until the end,
+    # so a GPU never waits for the host between steps. The count must not grow with the NFE.
+    from rtkrun.config import typed_group
+    from rtkrun.samplers import settings_for
+
+    dataset = MogDataset(MogConfig())
+    schedule = CosineSchedule()
+    oracle = MogOracle(dataset.mixture, schedule)
+    used = []
+    for nfe in (12, 48):
+        settings = settings_for(typed_group("sampler", {**config, "nfe": nfe}))
+        noise = SampleNoise.for_range(0, 0, 8)
+        x_T = noise.randn(2)
+        with monkeypatch.context() as patch:
+            counts = _count_host_syncs(patch)
+            SAMPLERS[config["name"]][1](oracle, x_T, schedule, generator=noise, **settings)
+        used.append(sum(counts.values()))
+    assert used[0] == used[1] <= 3, used

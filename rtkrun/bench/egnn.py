@@ -27,25 +27,26 @@ def bench_egnn(parts: Parts, *, warmup: int, repeats: int) -> list[dict[str, Any
     for purpose, batch in (("sampling", case.sample_batch), ("training", case.train_batch)):
         index = torch.arange(batch) % len(parts.dataset)
         x0 = get_batch(parts.dataset, index, 0, parts.run.seed).to(device)
-        denoiser = bind_to_data(model, parts.dataset, x0)
         x = x0 + 0.5 * parts.dataset.space_of(x0).project(torch.randn_like(x0))
         t = torch.full((batch,), 0.5, device=device)
-        z = x0.clone()
-
-        def call(x=x, t=t, z=z, denoiser=denoiser, purpose=purpose):
-            if purpose == "training":
-                model.zero_grad(set_to_none=True)
-                denoiser(x, t, z).square().sum().backward()
-                return None
-            with torch.no_grad():
-                return denoiser(x, t, z)
-
+        z, mask = x0.clone(), parts.dataset.space_of(x0).mask
         outputs, reference = {}, None
         for layout in LAYOUTS:
             model.cfg.graph = layout
             model.eval() if purpose == "sampling" else model.train()
+            # Sampling binds the mask once per batch (as rtkrun sample does); training binds per call.
+            denoiser = bind_to_data(model, parts.dataset, x0) if purpose == "sampling" else None
+
+            def call(x=x, t=t, z=z, mask=mask, denoiser=denoiser, purpose=purpose):
+                if purpose == "training":
+                    model.zero_grad(set_to_none=True)
+                    model(x, t, z, node_mask=mask).square().sum().backward()
+                    return None
+                with torch.no_grad():
+                    return denoiser(x, t, z)
+
             with torch.no_grad():
-                outputs[layout] = denoiser(x, t, z)
+                outputs[layout] = model(x, t, z, node_mask=mask)
             gap = (outputs[layout] - outputs[LAYOUTS[0]]).abs().max().item()
             if gap > 1e-3 * (1 + outputs[LAYOUTS[0]].abs().max().item()):
                 raise RtkrunError(f"egnn layout {layout} differs from edges by {gap:.3g}: a bug, not a benchmark")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rtkrun.bench.presets import Parts
-from rtkrun.bench.timing import measure
+from rtkrun.bench.timing import measure_interleaved
 from rtkrun.commands.common import start_batch
 from rtkrun.config import typed_group
 from rtkrun.samplers import SAMPLERS, settings_for
@@ -36,11 +36,6 @@ def bench_sampling(parts: Parts, *, warmup: int, repeats: int, samplers=tuple(GO
     t = torch.full((batch,), 0.5, device=device, dtype=x_T.dtype)
     with torch.no_grad():
         z = denoiser(x_T, t)
-        bare = {
-            False: measure(lambda: denoiser(x_T, t), device, warmup=warmup, repeats=repeats),
-            True: measure(lambda: denoiser(x_T, t, z), device, warmup=warmup, repeats=repeats),
-        }
-    set_up = measure(setup, device, warmup=1, repeats=repeats)
     rows = []
     for name in samplers:
         fn = SAMPLERS[name][1]
@@ -50,11 +45,15 @@ def bench_sampling(parts: Parts, *, warmup: int, repeats: int, samplers=tuple(GO
             den, x, noise, _ = setup()
             return fn(den, x, parts.schedule, generator=noise, **settings)
 
+        @torch.no_grad()
+        def bare(estimate=z if name == "dddm" else None):  # DDDM's calls carry the estimate z
+            return denoiser(x_T, t, estimate)
+
         nfe = sample().nfe
-        timed = measure(sample, device, warmup=warmup, repeats=repeats)
-        call = bare[name == "dddm"].seconds  # DDDM's calls carry the estimate z
+        timed, call, set_up = measure_interleaved([sample, bare, setup], device, warmup=warmup, repeats=repeats)
         per_nfe = timed.seconds / nfe
         loop = (timed.seconds - set_up.seconds) / nfe
+        call = call.seconds
         rows.append(
             {
                 "case": parts.name,

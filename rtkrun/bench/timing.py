@@ -89,29 +89,51 @@ def _reset_rss_peak() -> int | None:
     return None if rss is None else rss * 1024
 
 
+def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _summary(times: list[float], peak: int | None) -> Measurement:
+    median = statistics.median(times)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [median, median, median]
+    return Measurement(median, (q[2] - q[0]) / median if median > 0 else 0.0, len(times), peak)
+
+
 def measure(fn: Callable[[], Any], device: torch.device, *, warmup: int = 2, repeats: int = 5) -> Measurement:
     """Median time of ``fn()`` over the timed calls, and the peak memory over all calls (the
     first call allocates what later calls find cached)."""
-    times = []
     with PeakMemory(device) as memory:
         for _ in range(warmup):
             fn()
         synchronize(device)
+        times = [_time_once(fn, device) for _ in range(repeats)]
+    return _summary(times, memory.bytes)
+
+
+def measure_interleaved(
+    fns: list[Callable[[], Any]], device: torch.device, *, warmup: int = 2, repeats: int = 5
+) -> list[Measurement]:
+    """Like ``measure`` for several functions whose times are compared, called in turn (a, b, a,
+    b, …) so that drifts of a shared machine (clock boost, neighbours) hit all of them alike.
+    Peak memory is that of the first function."""
+    times: list[list[float]] = [[] for _ in fns]
+    with PeakMemory(device) as memory:
+        for _ in range(warmup):
+            fns[0]()
+        synchronize(device)
         for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [median, median, median]
-    return Measurement(median, (q[2] - q[0]) / median if median > 0 else 0.0, len(times), memory.bytes)
+            for k, fn in enumerate(fns):
+                times[k].append(_time_once(fn, device))
+    return [_summary(t, memory.bytes if k == 0 else None) for k, t in enumerate(times)]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

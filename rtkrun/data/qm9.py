@@ -190,8 +190,13 @@ class BoundDenoiser(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, space: MoleculeSpace) -> None:
         super().__init__()
         self.model, self.space = model, space
+        # A model that can bind a mask does its per-batch work (padding trim, edge list) once
+        # here, so that calls inside a sampler's loop never wait on the device.
+        self.bound = model.bind(space.mask) if hasattr(model, "bind") else None
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        if self.bound is not None:
+            return self.space.project(self.bound(x_t, t, z, **kw))
         return self.space.project(self.model(x_t, t, z, node_mask=self.space.mask, **kw))
 
 

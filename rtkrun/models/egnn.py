@@ -23,6 +23,7 @@ x0_hat = c_skip·x_t/α + c_out·out; everything stays in the zero-mean, masked 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -202,18 +203,31 @@ class EGNN(nn.Module):
     ) -> torch.Tensor:
         if node_mask is None:
             raise ValueError("egnn needs node_mask (B, N) marking real atoms")
-        if self.cfg.trim_padding:
-            # Rows past the largest molecule of the batch are padding on every sample: dropping
-            # them shrinks the (B, N, N) pair tensors (QM9 averages 18 of 29 atoms). One host sync.
-            width = int(node_mask.sum(1).max())
-            if width < node_mask.shape[1]:
-                keep = slice(0, width)
-                out = self.forward(
-                    x_t[:, keep], t, None if z is None else z[:, keep], node_mask[:, keep].contiguous(), estimate_mask
-                )
-                return torch.cat([out, out.new_zeros(out.shape[0], node_mask.shape[1] - width, out.shape[2])], 1)
+        return self.bind(node_mask)(x_t, t, z, estimate_mask)
+
+    def bind(self, node_mask: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """``denoiser(x_t, t, z=None, estimate_mask=None)`` for batches with this node mask, with
+        the per-batch work done once: the padding trim and the edge list, the two places that
+        read values back from the device. Sampling binds once per batch, so its loop never waits
+        on the GPU; ``forward`` binds on every call."""
+        n = node_mask.shape[1]
+        # Rows past the largest molecule of the batch are padding on every sample: dropping
+        # them shrinks the (B, N, N) pair tensors (QM9 averages 18 of 29 atoms).
+        width = int(node_mask.sum(1).max()) if self.cfg.trim_padding else n
+        mask = node_mask[:, :width].contiguous()
+        graph = Graph(mask, self.cfg.graph)
+
+        def denoise(x_t, t, z=None, estimate_mask=None) -> torch.Tensor:
+            if width < n:
+                x_t, z = x_t[:, :width], None if z is None else z[:, :width]
+            out = self._denoise(x_t, t, z, mask, estimate_mask, graph)
+            return out if width == n else torch.cat([out, out.new_zeros(out.shape[0], n - width, out.shape[2])], 1)
+
+        return denoise
+
+    def _denoise(self, x_t, t, z, node_mask, estimate_mask, graph: Graph) -> torch.Tensor:
         t = t.to(x_t.dtype).expand(x_t.shape[0]) if t.ndim == 0 else t.to(x_t.dtype)
-        x, h = self.dynamics(x_t, t, z, node_mask, estimate_mask)
+        x, h = self.dynamics(x_t, t, z, node_mask, estimate_mask, graph)
         mask = node_mask[..., None].to(x_t.dtype)
         move = x - x_t[..., :3]
         move = (move - centre(move, node_mask)) * mask
@@ -221,12 +235,18 @@ class EGNN(nn.Module):
         return apply_head(self.cfg.head, x_t, torch.cat([move, h], -1), alpha, sigma, self.data_std) * mask
 
     def dynamics(
-        self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None, node_mask: torch.Tensor, estimate_mask=None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        z: torch.Tensor | None,
+        node_mask: torch.Tensor,
+        estimate_mask=None,
+        graph: Graph | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(final positions x_L, output features) of the message passing: x_L is E(3)-equivariant
         in (x_t, z) positions, the features invariant."""
         mask = node_mask[..., None].to(x_t.dtype)
-        graph = Graph(node_mask, self.cfg.graph)
+        graph = graph or Graph(node_mask, self.cfg.graph)
         pos, feats = x_t[..., :3], x_t[..., 3:]
         level = noise_level(self.schedule, t)[:, None, None].expand(*x_t.shape[:2], 1)
         node = [feats, level]

@@ -57,6 +57,14 @@ class RTKMALAConfig:
             raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept}")
 
 
+def _rate(accepted: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The acceptance rate of a segment as a 0-d tensor on the device (NaN without MALA steps):
+    statistics stay on the device until the sampler ends, so the loop never waits for the GPU."""
+    if not accepted:
+        return torch.full((), float("nan"), device=like.device)
+    return torch.stack(accepted).float().mean()
+
+
 def _mala_kernel(inner_steps, step_size, adapt, target_accept, adapt_rate, radius, generator):
     def kernel(target, y, score, segment, callback):
         tau = torch.full((y.shape[0],), 1.0, dtype=y.dtype, device=y.device) * (step_size / target.curvature)
@@ -76,8 +84,7 @@ def _mala_kernel(inner_steps, step_size, adapt, target_accept, adapt_rate, radiu
                 accepted=acc,
                 nfe=target.net.nfe,
             )
-        rate = torch.stack(accepted).float().mean().item() if accepted else float("nan")
-        return y, {"acceptance": rate, "tau_median": tau.median().item()}
+        return y, {"acceptance": _rate(accepted, y)}
 
     return kernel
 
@@ -131,7 +138,7 @@ def _rtk_dddm(
             if adapt:
                 tau = tau * torch.exp(adapt_rate * (acc.to(z.dtype) - target_accept))
             report(callback, step=net.nfe - 1, segment=k, inner=i, t=ts[k], x=x, z=z, accepted=acc, nfe=net.nfe)
-        seg_stats.append({"acceptance": torch.stack(accepted).float().mean().item() if accepted else float("nan")})
+        seg_stats.append({"acceptance": _rate(accepted, z)})
         if k == levels - 1:
             x = z
         else:
@@ -187,7 +194,7 @@ def rtk_mala(
         kernel = _mala_kernel(inner_steps, step_size, adapt, target_accept, adapt_rate, radius, generator)
         x0, seg_stats, evals = run_segments(net, x_T, schedule, times, generator, callback, kernel, energy, gl_nodes)
     stats = {
-        "acceptance": [s["acceptance"] for s in seg_stats],
+        "acceptance": torch.stack([s["acceptance"] for s in seg_stats]).tolist(),  # the one host sync
         "segments": len(seg_stats),
         "energy": energy,
         "energy_evals": evals,
