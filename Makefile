@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all lint tables-mog reproduce-small reproduce clean-outputs
+.PHONY: install train test test-all lint bench tables-mog reproduce-small reproduce clean-outputs
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: install  ## the default (fast) test suite; pytest's exit 5 (no tests colle
 
 test-all: install  ## including the slow tests
 	$(BIN)/pytest -q -m 'not gpu'
+
+bench: install  ## the benchmark suite, CPU preset (about 2 min) -> docs/performance.md (+ .json)
+	$(BIN)/rtkrun bench device=cpu threads=2 repeats=10 out=docs/performance.md $(ARGS)
 
 tables-mog: install  ## tables T1 and T2 on the mixture of Gaussians (CPU, ~10 min) -> outputs/tables/
 	$(BIN)/python scripts/make_mog_tables.py $(ARGS)

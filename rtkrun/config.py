@@ -134,6 +134,9 @@ class TrainRun:
     logger: Any
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
 @dataclass
 class SampleRun:
     command: str
@@ -148,10 +151,12 @@ class SampleRun:
     ckpt: str | None = None
     n_samples: int = 10_000
     batch_size: int = 10_000
+    compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune
 
     def __post_init__(self) -> None:
         _at_least(self, "n_samples", 1)
         _at_least(self, "batch_size", 1)
+        _choice(self, "compile", COMPILE_MODES)
 
 
 @dataclass

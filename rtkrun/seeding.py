@@ -127,7 +127,8 @@ class SampleNoise:
     def randn(self, *shape: int) -> torch.Tensor:
         """Standard normals of shape (B, *shape) on ``self.device``."""
         n = math.prod(shape)
-        return self._take(n).reshape(len(self), *shape).to(self.device)
+        # contiguous: a strided view of the buffer would slow every op that reads it (x_T)
+        return self._take(n).reshape(len(self), *shape).contiguous().to(self.device)
 
     def rand(self, *shape: int) -> torch.Tensor:
         """Uniforms on (0, 1) of shape (B, *shape): Φ(standard normal), computed in float64."""

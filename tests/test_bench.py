@@ -69,3 +69,13 @@ def test_bench_bad_settings_fail_in_one_line(tmp_path, override, fragment):
     proc = run_cli("bench", override, f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "b" / "bench.json").exists()
+
+
+def test_busy_fraction_counts_overlaps_once_and_gaps_as_idle():
+    from rtkrun.bench.timing import busy_fraction
+
+    assert busy_fraction([]) is None
+    assert busy_fraction([(0.0, 10.0)]) == 1.0
+    # [0, 4] ∪ [2, 6] ∪ [8, 10]: 8 of 10 covered; order does not matter
+    assert busy_fraction([(8.0, 10.0), (2.0, 6.0), (0.0, 4.0)]) == pytest.approx(0.8)
+    assert busy_fraction([(0.0, 10.0), (1.0, 2.0), (12.0, 13.0)]) == pytest.approx(11 / 13)

@@ -87,6 +87,12 @@ def test_bad_values_name_the_key(overrides, fragment):
     assert "\n" not in str(err.value)
 
 
+def test_sample_compile_mode_is_checked():
+    assert validate(compose_cfg("sample", ["compile=reduce-overhead"])).compile == "reduce-overhead"
+    with pytest.raises(ConfigError, match="compile='fast' is unknown; choose one of none, default"):
+        validate(compose_cfg("sample", ["compile=fast"]))
+
+
 def test_sampler_step_size_must_be_positive():
     with pytest.raises(ConfigError, match="sampler.steps must be >= 1"):
         validate(compose_cfg("sample", ["sampler.steps=0"]))

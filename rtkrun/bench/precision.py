@@ -14,8 +14,13 @@ import torch
 from rtkrun.bench.presets import Parts
 from rtkrun.bench.timing import measure
 from rtkrun.bench.training import bench_training
-from rtkrun.commands.common import start_batch
+from rtkrun.commands.common import CompiledNetwork, start_batch
 from rtkrun.seeding import SampleNoise
+
+
+def compile_mode(device: torch.device) -> str:
+    """CUDA graphs on a GPU (the sampling batch has one shape); plain inductor on a CPU."""
+    return "reduce-overhead" if device.type == "cuda" else "default"
 
 
 def variants(compile_models: bool) -> list[tuple[str, bool]]:
@@ -33,11 +38,10 @@ def bench_precision(parts: Parts, *, warmup: int, repeats: int, compile_models: 
         train = bench_training(parts, warmup=warmup, repeats=repeats, precision=precision, compile_model=compiled)
         base_train = base_train or train["ms_per_step"]
         model = parts.model.eval()
+        if compiled:  # as `rtkrun sample compile=...` runs it
+            model = CompiledNetwork(model, compile_mode(device))
         noise = SampleNoise.for_range(parts.run.seed, 0, parts.case.sample_batch, device=device)
         denoiser, x_T, _, _ = start_batch(model, parts.dataset, noise)
-        if compiled:
-            mode = "reduce-overhead" if device.type == "cuda" else "default"
-            denoiser = torch.compile(denoiser, mode=mode)
         t = torch.full((len(x_T),), 0.5, device=device, dtype=x_T.dtype)
         autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()

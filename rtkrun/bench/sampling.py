@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from rtkrun.bench.precision import compile_mode
 from rtkrun.bench.presets import Parts
 from rtkrun.bench.timing import measure_interleaved
-from rtkrun.commands.common import start_batch
+from rtkrun.commands.common import CompiledNetwork, start_batch
 from rtkrun.config import typed_group
 from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.seeding import SampleNoise
@@ -25,11 +26,15 @@ from rtkrun.seeding import SampleNoise
 GOALS = {"ddpm": 1.10, "ddim": 1.10, "dddm": 1.10, "rtk_mala": 1.5}
 
 
-def bench_sampling(parts: Parts, *, warmup: int, repeats: int, samplers=tuple(GOALS)) -> list[dict[str, Any]]:
+def bench_sampling(
+    parts: Parts, *, warmup: int, repeats: int, compile_models: bool = False, samplers=tuple(GOALS)
+) -> list[dict[str, Any]]:
+    """One row per sampler; with ``compile_models`` one more: DDIM on the compiled network
+    (CUDA graphs on a GPU), whose ratio is still over the eager bare call."""
     device, batch, seed = parts.device, parts.case.sample_batch, parts.run.seed
-    model = parts.model.eval()
+    eager = parts.model.eval()
 
-    def setup():
+    def setup(model=eager):
         return start_batch(model, parts.dataset, SampleNoise.for_range(seed, 0, batch, device=device))
 
     denoiser, x_T, _, _ = setup()
@@ -37,19 +42,22 @@ def bench_sampling(parts: Parts, *, warmup: int, repeats: int, samplers=tuple(GO
     with torch.no_grad():
         z = denoiser(x_T, t)
     rows = []
-    for name in samplers:
+    runs = [(name, eager) for name in samplers]
+    if compile_models:
+        runs.append(("ddim", CompiledNetwork(eager, compile_mode(device))))
+    for name, model in runs:
         fn = SAMPLERS[name][1]
         settings = settings_for(typed_group("sampler", {"name": name, "nfe": parts.case.nfe}))
 
-        def sample(fn=fn, settings=settings):
-            den, x, noise, _ = setup()
+        def sample(fn=fn, settings=settings, model=model):
+            den, x, noise, _ = setup(model)
             return fn(den, x, parts.schedule, generator=noise, **settings)
 
         @torch.no_grad()
         def bare(estimate=z if name == "dddm" else None):  # DDDM's calls carry the estimate z
             return denoiser(x_T, t, estimate)
 
-        nfe = sample().nfe
+        nfe = sample().nfe  # also the compiled network's warm-up (compilation)
         timed, call, set_up = measure_interleaved([sample, bare, setup], device, warmup=warmup, repeats=repeats)
         per_nfe = timed.seconds / nfe
         loop = (timed.seconds - set_up.seconds) / nfe
@@ -57,7 +65,7 @@ def bench_sampling(parts: Parts, *, warmup: int, repeats: int, samplers=tuple(GO
         rows.append(
             {
                 "case": parts.name,
-                "sampler": name,
+                "sampler": name if model is eager else f"{name}, compiled ({model.mode})",
                 "batch": batch,
                 "nfe": nfe,
                 "ms_per_nfe": 1e3 * per_nfe,

@@ -29,7 +29,7 @@ def _section(name: str, parts: Parts, warmup: int, repeats: int, compile_models:
     if name == "training":
         return [bench_training(parts, warmup=warmup, repeats=repeats)]
     if name == "sampling":
-        return bench_sampling(parts, warmup=warmup, repeats=repeats)
+        return bench_sampling(parts, warmup=warmup, repeats=repeats, compile_models=compile_models)
     if name == "diagnostics":
         return bench_diagnostics(parts, warmup=warmup, repeats=repeats)
     if name == "egnn":
@@ -90,6 +90,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {  # section -> (key, header, f
         ("tflops", "TFLOP/s", ""),
         ("mfu", "MFU", "%"),
         ("data_share", "data share", "%"),
+        ("gpu_idle", "GPU idle", "%"),
         ("peak_mib", "peak MiB", ""),
     ],
     "sampling": [

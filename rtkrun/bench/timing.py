@@ -136,6 +136,41 @@ def measure_interleaved(
     return [_summary(t, memory.bytes if k == 0 else None) for k, t in enumerate(times)]
 
 
+def busy_fraction(intervals: list[tuple[float, float]]) -> float | None:
+    """The share of [first start, last end] covered by at least one of the (start, end)
+    intervals: how busy a device was, from its kernels' intervals (overlaps counted once)."""
+    if not intervals:
+        return None
+    intervals = sorted(intervals)
+    covered, (lo, hi) = 0.0, intervals[0]
+    for start, end in intervals[1:]:
+        if start > hi:
+            covered, lo, hi = covered + hi - lo, start, end
+        else:
+            hi = max(hi, end)
+    covered += hi - lo
+    span = max(end for _, end in intervals) - intervals[0][0]
+    return covered / span if span > 0 else 1.0
+
+
+def gpu_idle_fraction(fn: Callable[[], Any], device: torch.device, calls: int = 5) -> float | None:
+    """1 − busy share of the GPU over ``calls`` calls of ``fn`` (a training step with its data
+    loading), from the kernel intervals the profiler records; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+    kernels = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy = busy_fraction(kernels)
+    return None if busy is None else 1.0 - busy
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """Floating-point operations of one call of ``fn`` (matmuls and convolutions, forward and
     backward, as ``torch.utils.flop_counter`` counts them; elementwise work is not counted)."""

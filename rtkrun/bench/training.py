@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rtkrun.bench.presets import Parts
-from rtkrun.bench.timing import count_flops, measure, peak_tflops, synchronize
+from rtkrun.bench.timing import count_flops, gpu_idle_fraction, measure, peak_tflops, synchronize
 from rtkrun.loggers import NullTracker
 from rtkrun.trainer import Trainer, epoch_order, get_batch
 
@@ -47,6 +47,7 @@ def bench_training(
 
     timed = measure(step, device, warmup=warmup, repeats=repeats)
     loading = measure(load, device, warmup=1, repeats=repeats)
+    idle = gpu_idle_fraction(step, device)
     flops = count_flops(step)
     synchronize(device)
     peak = peak_tflops(device)
@@ -63,5 +64,6 @@ def bench_training(
         "tflops": None if rate is None else rate / 1e12,
         "mfu": None if rate is None or peak is None else rate / (peak * 1e12),
         "data_share": loading.seconds / timed.seconds,
+        "gpu_idle": idle,
         "peak_mib": None if timed.peak_bytes is None else timed.peak_bytes / 2**20,
     }

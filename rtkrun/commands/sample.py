@@ -36,6 +36,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         run.batch_size,
         run.seed,
         device,
+        run.compile,
     )
     scores = score(dataset, samples, run.evaluation, device, info["extras"])
     save_samples(

@@ -8,12 +8,12 @@ this is Euler on the probability-flow ODE in log-SNR.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from rtkrun.diffusion.grids import make_grid
-from rtkrun.diffusion.param import eps_from_x0
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, report
@@ -38,6 +38,19 @@ class DDIMConfig:
             raise ConfigError(f"eta must be >= 0, got {self.eta}")
 
 
+def ddim_coefficients(alphas: list[float], sigmas: list[float], eta: float) -> list[tuple[float, float, float]]:
+    """(keep, mix, noise) per step with x_s = keep·x_t + mix·x0_hat + noise·ξ, in float64: the
+    update of the module docstring with ε_hat substituted, keep = √(σ_s² − c²)/σ_t and
+    mix = α_s − keep·α_t (so α_t = 0 needs no special case)."""
+    out = []
+    for a_t, s_t, a_s, s_s in zip(alphas[:-1], sigmas[:-1], alphas[1:], sigmas[1:]):
+        b = max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)
+        c = eta * math.sqrt(b * s_s**2 / s_t**2)
+        keep = math.sqrt(max(s_s**2 - c**2, 0.0)) / s_t
+        out.append((keep, a_s - keep * a_t, c))
+    return out
+
+
 @torch.no_grad()
 def ddim(
     denoiser,
@@ -56,19 +69,17 @@ def ddim(
     net = CountingDenoiser(denoiser)
     ts = make_grid(grid, schedule, steps, t_max=t_max, t_min=t_min, rho=rho).to(x_T.device)
     alphas, sigmas = schedule.alpha_sigma(ts)
+    moves = ddim_coefficients(*torch.stack([alphas, sigmas]).tolist(), eta)  # host floats: one read, before the loop
     x = x_T
     for i in range(steps):
         x0_hat = net(x, ts[i].to(x.dtype))
         if i == steps - 1:
             x = x0_hat
         else:
-            a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-            eps_hat = eps_from_x0(x, x0_hat, a_t, s_t)
-            b = (s_t**2 - (a_t / a_s) ** 2 * s_s**2).clamp_min(0.0)
-            c = eta * (b * s_s**2 / s_t**2).sqrt()
-            x_next = a_s * x0_hat + (s_s**2 - c**2).clamp_min(0.0).sqrt() * eps_hat
+            keep, mix, noise_scale = moves[i]
+            x_next = x.mul(keep).add_(x0_hat, alpha=mix)  # two kernels per step, whatever the formula
             if eta > 0:
-                x_next = x_next + c * generator.randn(*x.shape[1:])
+                x_next.add_(generator.randn(*x.shape[1:]).to(x_next), alpha=noise_scale)
             x = x_next.to(x_T.dtype)
         report(callback, step=i, t=ts[i], x=x, x0_hat=x0_hat, nfe=net.nfe)
     return SampleResult(x0=x, nfe=net.nfe, stats={"grid": grid, "steps": steps, "eta": eta})
