@@ -194,10 +194,19 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
     )
     try:
         deadline = time.time() + 120
-        while not (run_dir / "train.log").exists() and time.time() < deadline:
+        # Hydra opens train.log before it writes .hydra/ (config, hydra, overrides in that order):
+        # wait for the last file and a stable snapshot, or a loaded machine catches it mid-write.
+        hydra_files = None
+        while time.time() < deadline:
+            if (run_dir / ".hydra" / "overrides.yaml").exists():
+                seen = snapshot(run_dir / ".hydra")
+                time.sleep(0.5)
+                if snapshot(run_dir / ".hydra") == seen:
+                    hydra_files = seen
+                    break
             time.sleep(0.2)
+        assert hydra_files is not None, "the first run never wrote .hydra/"
         assert (run_dir / ".rtkrun.lock").read_text().strip() == str(first.pid)
-        hydra_files = snapshot(run_dir / ".hydra")
         second = run_cli("train", "trainer.max_steps=1000000", f"hydra.run.dir={run_dir}", cwd=tmp_path)
         assert second.returncode == 2
         assert f"is in use by another rtkrun process (pid {first.pid})" in second.stderr
