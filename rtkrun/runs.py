@@ -31,6 +31,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise RtkrunError(f"cannot write {path}: {e.strerror}; choose a writable hydra.run.dir") from e
     try:
+        # mkstemp makes the file private (0600); results are meant to be shared like any file
+        # the user writes, so give it the mode the umask allows
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -71,3 +71,16 @@ def test_sampler_that_does_not_fit_the_model(trained, tmp_path):
     )  # fmt: skip
     _one_line_error(proc, "sampler.energy=exact needs a model with log_prob")
     assert not (tmp_path / "s" / "metrics.json").exists()
+
+
+def test_atomically_written_files_get_the_umask_mode_not_mkstemp_private(tmp_path):
+    # Results are shared on clusters: a metrics.json readable only by its writer was a bug.
+    old = os.umask(0o022)
+    try:
+        runs.atomic_write_bytes(tmp_path / "a.json", b"{}")
+        os.umask(0o007)
+        runs.atomic_write_bytes(tmp_path / "b.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o660
