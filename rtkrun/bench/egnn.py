@@ -33,7 +33,7 @@ def bench_egnn(parts: Parts, *, warmup: int, repeats: int) -> list[dict[str, Any
         outputs, reference = {}, None
         for layout in LAYOUTS:
             model.cfg.graph = layout
-            model.eval() if purpose == "sampling" else model.train()
+            model.train(purpose == "training")
             # Sampling binds the mask once per batch (as rtkrun sample does); training binds per call.
             denoiser = bind_to_data(model, parts.dataset, x0) if purpose == "sampling" else None
 

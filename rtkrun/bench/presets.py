@@ -9,7 +9,7 @@ DDDM U-Net) and the batch sizes a GPU is run at.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,7 @@ class Case:
     diag_iters: int = 30  # the matrix-free chain's Lanczos steps, Hutchinson probes, ascent
     diag_probes: int = 16  # restarts × steps: ``rtkrun diagnose``'s defaults unless shrunk
     diag_ascent: tuple[int, int] = (2, 10)
-    notes: str = ""
-    fake_images: int = field(default=0)  # CIFAR-10: random images per batch file (no real data here)
+    fake_images: int = 0  # CIFAR-10: random images per batch file (no real data here)
 
 
 PRESETS: dict[str, tuple[Case, ...]] = {

@@ -77,7 +77,7 @@ def ddim(
             x = x0_hat
         else:
             keep, mix, noise_scale = moves[i]
-            x_next = x.mul(keep).add_(x0_hat, alpha=mix)  # two kernels per step, whatever the formula
+            x_next = torch.add(x0_hat * mix, x, alpha=keep)  # two kernels per step; dtypes promote as before
             if eta > 0:
                 x_next.add_(generator.randn(*x.shape[1:]).to(x_next), alpha=noise_scale)
             x = x_next.to(x_T.dtype)
