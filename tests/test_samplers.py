@@ -30,7 +30,7 @@ def oracle_samples(sampler, cfg, n, schedule, seed=0, **settings):
     return dataset.mixture, result
 
 
-@pytest.mark.parametrize("dim", [2, 16])
+@pytest.mark.parametrize("dim", [2, pytest.param(16, marks=pytest.mark.slow)])  # d = 16: -m slow (suite time)
 @pytest.mark.parametrize(
     "sampler,settings", [(ddpm, {"steps": 1000}), (ddim, {"steps": 100})], ids=["ddpm1000", "ddim100"]
 )

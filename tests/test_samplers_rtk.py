@@ -31,7 +31,7 @@ def _model(name, mixture, schedule):
     return MogOracle(mixture, schedule)
 
 
-@pytest.mark.parametrize("dim", [2, 16])
+@pytest.mark.parametrize("dim", [2, pytest.param(16, marks=pytest.mark.slow)])  # d = 16: -m slow (suite time)
 @pytest.mark.parametrize("name", list(EXACT_SETTINGS))
 def test_exact_with_the_oracle(name, dim):
     cfg = MIXTURES[dim]
