@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rtkrun.bench.presets import write_fake_cifar10
+from rtkrun.bench.timing import Stopwatch
 from rtkrun.config import TrainerConfig
 from rtkrun.data import cifar10
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
@@ -48,27 +49,6 @@ def bf16_peak(name: str) -> float | None:
     if "H100" in name:
         return BF16_PEAK["H100 PCIe" if "PCIe" in name else "H100 NVL" if "NVL" in name else "H100 SXM"]
     return next((v for k, v in BF16_PEAK.items() if k in name), None)
-
-
-class Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.start.record()
-        else:
-            self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            self.end.record()
-            torch.cuda.synchronize()
-            self.seconds = self.start.elapsed_time(self.end) / 1000
-        else:
-            self.seconds = time.perf_counter() - self.t0
 
 
 def make_trainer(args, dataset, schedule, device, precision: str, compile_: bool, run_dir: Path) -> Trainer:
@@ -124,7 +104,7 @@ def bench_training(args, dataset, schedule, device, run_dir: Path) -> list[dict]
         if device.type == "cuda":
             torch.cuda.synchronize()
         warmup_s = time.perf_counter() - started
-        with Timer(device) as timer:
+        with Stopwatch(device) as timer:
             for index in batches[args.warmup :]:
                 trainer.step_once(index, 0)
         if args.profile:
@@ -172,7 +152,7 @@ def bench_sampling(args, dataset, schedule, device) -> list[dict]:
                 run(model, x_T, noise)  # warm-up (cuDNN autotuning)
             seconds = {}
             for what in ("end_to_end", "network_only"):
-                with Timer(device) as timer, autocast:
+                with Stopwatch(device) as timer, autocast:
                     if what == "end_to_end":  # per-sample noise streams drawn on the CPU, as rtkrun does
                         noise = SampleNoise.for_range(0, 0, n, device=device)
                         run(model, noise.randn(3, 32, 32), noise)

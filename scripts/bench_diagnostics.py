@@ -14,11 +14,11 @@ import argparse
 import datetime
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from rtkrun.bench.timing import Stopwatch
 from rtkrun.diagnostics.hessian import hutchinson_frobenius
 from rtkrun.diagnostics.jacobian import exact_singular_values, lanczos_singular_values, power_iteration_norm
 
@@ -73,15 +73,13 @@ def unet(device: torch.device):
 
 
 def timed(fn, repeats: int = 3):
-    """Median wall time of ``fn`` (synchronising a GPU around each call)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    """Median time of ``fn`` (the suite's clock) and its last output."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     times, out = [], None
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - start)
+        with Stopwatch(device) as clock:
+            out = fn()
+        times.append(clock.seconds)
     return statistics.median(times), out
 
 

@@ -89,17 +89,34 @@ def _reset_rss_peak() -> int | None:
     return None if rss is None else rss * 1024
 
 
+class Stopwatch:
+    """Seconds spent inside the ``with`` block: the GPU's own clock (events, then a wait for
+    the end event) on CUDA, ``perf_counter`` on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda, self.seconds = device.type == "cuda", float("nan")
+
+    def __enter__(self) -> Stopwatch:
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+
 def _time_once(fn: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    with Stopwatch(device) as clock:
         fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return clock.seconds
 
 
 def _summary(times: list[float], peak: int | None) -> Measurement:
