@@ -7,8 +7,10 @@ pickle the task function, so it lives at module level here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rtkrun.errors import RtkrunError
 
@@ -31,6 +33,29 @@ COMMANDS = {
     "bench": "time training, samplers, diagnostics and layouts against references (preset=tiny|reference)",
 }
 log = logging.getLogger("rtkrun")
+PATH_KEYS = ("ckpt", "samples")  # inputs named in sweep job directories by a tag, not their path
+
+
+def path_tag(value: str) -> str:
+    """A short name for an input path in a directory name: its last part and a digest of its
+    absolute form (``run_a-1f3e9c2b``), so jobs of a sweep over checkpoints never share one."""
+    path = Path(value).expanduser()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)[:40] or "path"
+    return f"{name}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+
+def job_dirname(override_dirname: str, task_overrides: list[str]) -> str:
+    """A sweep job's directory name: Hydra's ``override_dirname`` (paths excluded) plus a
+    :func:`path_tag` for each input path the job overrides."""
+    tags = []
+    for override in task_overrides:
+        key, _, value = str(override).partition("=")
+        if key.lstrip("+~") in PATH_KEYS and value not in ("", "null", "data"):
+            tags.append(f"{key.lstrip('+~')}={path_tag(value)}")
+    return ",".join([override_dirname, *tags] if override_dirname else tags) or "job"
+
+
+OmegaConf.register_new_resolver("rtkrun_job_dirname", job_dirname, replace=True)
 HYDRA_FLAGS_WITH_VALUE = {
     "--cfg",
     "-c",
@@ -84,7 +109,7 @@ class Preflight(Callback):
         from rtkrun.commands import preflight
 
         try:
-            preflight(config)
+            preflight(config, launcher_rank())
         except RtkrunError as e:
             fail(str(e))
 
@@ -94,7 +119,7 @@ def hydra_entry(cfg: DictConfig) -> Any:
     from rtkrun.commands import run_command
 
     try:
-        return run_command(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return run_command(cfg, Path(HydraConfig.get().runtime.output_dir), launcher_rank())
     except RtkrunError as e:
         if HydraConfig.get().mode != RunMode.RUN:
             log.error("%s", e)
@@ -107,14 +132,24 @@ def hydra_entry(cfg: DictConfig) -> Any:
         fail(str(e), getattr(e, "exit_code", 2))
 
 
-def check_overrides(command: str, overrides: list[str]) -> None:
-    """Name an unknown key or group option in one line before Hydra composes (Hydra's own
-    messages for these span several lines). Sweeps over groups are left to Hydra."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        fail(f"environment variable {name}={value!r} is not an integer; unset it, or let torchrun set it")
+        raise  # unreachable: fail exits
 
+
+def launcher_rank() -> int:
+    """This process's rank as torchrun announces it (WORLD_SIZE > 1), else 0 whatever a stray
+    RANK variable says: a single process always takes its run directory's lock. The trainer
+    takes it again on the process group's real rank once the group exists."""
+    return _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
+
+
+def _task_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that are not Hydra flags (nor the values of flags that take one)."""
     plain, skip_next = [], False
     for arg in overrides:
         if skip_next:
@@ -123,6 +158,48 @@ def check_overrides(command: str, overrides: list[str]) -> None:
             skip_next = arg in HYDRA_FLAGS_WITH_VALUE
         else:
             plain.append(arg)
+    return plain
+
+
+def check_sweep(command: str, overrides: list[str]) -> None:
+    """Compose and validate every job of a ``-m`` sweep (command-line and config sweeps, as
+    Hydra's basic sweeper expands them) before any job starts, so one bad value stops the sweep
+    in one line naming the job instead of failing it halfway."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from rtkrun.config import validate
+
+    parser = OverridesParser.create()
+    plain = _task_overrides(overrides)
+    try:
+        parsed = parser.parse_overrides(plain)
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            base = [o.input_line for o in parsed if not o.is_sweep_override()]
+            hydra_cfg = compose(command, overrides=base, return_hydra_config=True).hydra
+            params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+            (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(params + plain), None)
+            for job in jobs:
+                task = [o for o in job if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+                try:
+                    validate(compose(command, overrides=task))
+                except RtkrunError as e:
+                    fail(f"sweep job {' '.join(task) or '(no overrides)'}: {e}")
+    except HydraException as e:
+        fail(f"cannot expand the sweep: {str(e).strip().splitlines()[0]}")
+
+
+def check_overrides(command: str, overrides: list[str]) -> None:
+    """Name an unknown key or group option in one line before Hydra composes (Hydra's own
+    messages for these span several lines). Sweeps over groups are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    plain = _task_overrides(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
     except HydraException as e:
@@ -193,14 +270,21 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see rtkrun --help)")
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in rest):
         check_overrides(command, rest)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if any(a in ("-m", "--multirun") for a in rest):
+            check_sweep(command, rest)
+    if _env_int("WORLD_SIZE", 1) > 1:
         if command != "train":
             fail(f"only `train` runs under torchrun (data parallel); run `rtkrun {command}` as one process")
         if not any(a.startswith("hydra.run.dir=") for a in rest):
             # each process would stamp its own time into the default run directory
             fail("under torchrun pass hydra.run.dir=<dir> so that all processes share one run directory")
     sys.argv = [program, f"--config-name={command}", *rest]
-    hydra_entry()
+    try:
+        hydra_entry()
+    except KeyboardInterrupt:
+        # Ctrl-C outside training (which checkpoints and exits 130 itself): finished files are
+        # whole, as every write is atomic; say so in one line instead of a traceback.
+        fail("interrupted (Ctrl-C); files already written are complete: re-run the same command to go on", 130)
 
 
 if __name__ == "__main__":

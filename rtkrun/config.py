@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -95,6 +96,7 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         for key in ("n_samples", "batch_size", "n_projections", "w2_max_n", "mmd_max_n", "fid_batch_size"):
             _at_least(self, key, 1)
+        _seed(self, "seed")
 
 
 @dataclass
@@ -133,6 +135,9 @@ class TrainRun:
     evaluation: Any  # EvaluationConfig
     logger: Any
 
+    def __post_init__(self) -> None:
+        _seed_and_device(self)
+
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
@@ -154,6 +159,7 @@ class SampleRun:
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune
 
     def __post_init__(self) -> None:
+        _seed_and_device(self)
         _at_least(self, "n_samples", 1)
         _at_least(self, "batch_size", 1)
         _choice(self, "compile", COMPILE_MODES)
@@ -168,6 +174,9 @@ class EvaluateRun:
     logger: Any
     evaluation: Any  # EvaluationConfig
     samples: str = "???"
+
+    def __post_init__(self) -> None:
+        _seed_and_device(self)
 
 
 @dataclass
@@ -209,6 +218,9 @@ class DiagnoseRun:
     diagnostics: Any
     ckpt: str | None = None
 
+    def __post_init__(self) -> None:
+        _seed_and_device(self)
+
 
 @dataclass
 class ReportRun:
@@ -218,6 +230,9 @@ class ReportRun:
     evaluation: Any
     runs: Any = "???"  # a directory or a list of directories
     out: str = "outputs/tables"
+
+    def __post_init__(self) -> None:
+        _seed(self, "seed")
 
 
 @dataclass
@@ -237,6 +252,7 @@ class BenchRun:
     out: str | None = None  # also write the Markdown here (and the JSON beside it)
 
     def __post_init__(self) -> None:
+        _seed_and_device(self)
         _choice(self, "preset", ("tiny", "reference"))
         _choice(self, "compile", ("auto", "on", "off"))
         _at_least(self, "warmup", 0)
@@ -271,6 +287,22 @@ def _at_least(obj: Any, key: str, low: float) -> None:
 def _positive(obj: Any, key: str) -> None:
     if not getattr(obj, key) > 0:
         raise ConfigError(f"{key} must be > 0, got {getattr(obj, key)}")
+
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed and SeedSequence both take it
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+
+
+def _seed(obj: Any, key: str) -> None:
+    if not 0 <= getattr(obj, key) <= SEED_MAX:
+        raise ConfigError(f"{key} must be in [0, 2^63 - 1], got {getattr(obj, key)}")
+
+
+def _seed_and_device(obj: Any) -> None:
+    _seed(obj, "seed")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", obj.device):
+        hint = " (Apple's mps is not supported)" if obj.device.startswith("mps") else ""
+        raise ConfigError(f"device={obj.device!r} is unknown{hint}; choose one of {DEVICE_FORMS}")
 
 
 def _choice(obj: Any, key: str, options: tuple[str, ...]) -> None:

@@ -45,11 +45,13 @@ def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Te
 
 
 class StopSignals:
-    """SIGTERM and SIGUSR2 (cluster preemption and timeout) become a request to stop at the next
-    step boundary, where a consistent checkpoint can be written; a handler that was installed
-    before (submitit's checkpoint-and-requeue) is then called, as it would have been."""
+    """SIGTERM and SIGUSR2 (cluster preemption and timeout) and SIGINT (Ctrl-C) become a request
+    to stop at the next step boundary, where a consistent checkpoint can be written; a handler
+    that was installed before (submitit's checkpoint-and-requeue) is then called, as it would
+    have been. A second Ctrl-C before that boundary interrupts at once (the previous checkpoint
+    stays valid: every write is atomic)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -62,6 +64,8 @@ class StopSignals:
         return self
 
     def _note(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -76,6 +80,8 @@ class StopSignals:
         previous = self.previous.get(signum, signal.SIG_DFL)
         name = signal.Signals(signum).name
         log.warning("%s at step %d: checkpoint %s saved", name, step, ckpt)
+        if signum == signal.SIGINT:  # Python's own handler would raise KeyboardInterrupt mid-work
+            previous = signal.SIG_DFL
         if callable(previous):
             previous(signum, None)  # submitit: checkpoint() and requeue; returns if it bypasses
         elif previous == signal.SIG_DFL:
@@ -197,6 +203,7 @@ class Trainer:
                 f"trainer.fresh_data=true needs a dataset that can draw new examples (mog), not {dataset.cfg.name}"
             )
         self.step = 0
+        self.last_loss = float("nan")  # the mean loss of the last logged interval
         self.batch_size = tc.batch_size if tc.fresh_data else min(tc.batch_size, len(dataset))
         self.steps_per_epoch = max(len(dataset) // self.batch_size, 1)
         self.micro_batches = tc.grad_accum if self.batch_size % tc.grad_accum == 0 else 1
@@ -243,12 +250,26 @@ class Trainer:
             "grad_norms": self.adaptive_clip.state(),
             "config": self.config_dict,
             "model_name": self.config_dict["model"]["name"],
+            "loss": self.last_loss,
         }
 
     def save(self) -> None:
         runs.save_checkpoint(self.ckpt_path, self.state())
 
+    def saved_step(self) -> int:
+        """The step of the checkpoint this run would resume from (0: none yet)."""
+        return (runs.checkpoint_step(self.ckpt_path) or 0) if self.ckpt_path.exists() else 0
+
     def load(self, state: dict[str, Any]) -> None:
+        try:
+            self._load(state)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            what = f"'{e.args[0]}' entry is missing" if isinstance(e, KeyError) else f"state is malformed ({e})"
+            raise RtkrunError(
+                f"checkpoint {self.ckpt_path} cannot be resumed: its {what}; restore it or use a new hydra.run.dir"
+            ) from None
+
+    def _load(self, state: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -269,6 +290,8 @@ class Trainer:
         if state.get("grad_norms") is not None:
             self.adaptive_clip.load(state["grad_norms"])
         self.step = int(state["step"])
+        loss = state.get("loss")
+        self.last_loss = float(loss) if isinstance(loss, (int, float)) else float("nan")
 
     # -- the loop --------------------------------------------------------------------------------
     def train_step(self, index: torch.Tensor, epoch: int) -> tuple[torch.Tensor, float]:
@@ -345,11 +368,10 @@ class Trainer:
             log.info("resumed from %s at step %d", self.ckpt_path, self.step)
         if self.step >= tc.max_steps:
             log.info("training already finished (step %d of %d)", self.step, tc.max_steps)
-            return {"train/steps": self.step}
+            return {"train/steps": self.step, "train/final_loss": self.last_loss}
 
         self.model.train()
         start_step, start_time, last_ckpt = self.step, time.time(), time.time()
-        self.last_loss = float("nan")
         main = self.place.is_main  # rank 0 alone writes files, logs and shows a bar
         bar = tqdm(
             total=tc.max_steps, initial=self.step, disable=None if main else True, desc="train", dynamic_ncols=True

@@ -39,3 +39,31 @@ def real_qm9_table(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RTKRUN_CACHE", str(tmp_path_factory.mktemp("qm9_cache")))
         return qm9.load_table(qm9.QM9Config())
+
+
+def rtkrun_in_process(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``rtkrun *args`` in this process (no torch import to pay): the same ``cli.main`` the
+    console script runs, with its exit status, stdout and stderr, run from ``cwd``. Run-directory
+    locks the call took are released afterwards, as the end of a process would."""
+    import contextlib
+    import io
+
+    from rtkrun import cli, runs
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    old_cwd, old_env = os.getcwd(), dict(os.environ)
+    os.environ.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+        for key in list(runs._HELD_LOCKS):
+            runs.unlock_run_dir(key)
+    return subprocess.CompletedProcess(["rtkrun", *args], code, out.getvalue(), err.getvalue())

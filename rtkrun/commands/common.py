@@ -1,27 +1,19 @@
 """Wiring shared by the commands: devices, building the pieces from a validated config,
-sampling in batches with per-sample seeds, scoring, and writing samples and metrics."""
+sampling in batches with per-sample seeds, and scoring. (The samples file is
+``rtkrun/samples_file.py``; the run directory and provenance ``rtkrun/rundir.py``.)"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import io
-import json
 import logging
-import platform
-import subprocess
 import time
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-import rtkrun
 from rtkrun import runs
-from rtkrun.config import config_digest, typed_group
+from rtkrun.config import typed_group
 from rtkrun.data import DATASETS
 from rtkrun.diffusion.schedules import build_schedule
 from rtkrun.errors import RtkrunError
@@ -195,74 +187,6 @@ def describe(scores: dict[str, Any]) -> str:
     )
 
 
-def save_samples(
-    path: Path,
-    samples: torch.Tensor,
-    *,
-    seed: int,
-    dataset_cfg,
-    sampler_cfg,
-    nfe: int,
-    dataset=None,
-    title: str = "",
-    extras: dict | None = None,
-) -> None:
-    """``<path>.npz`` (samples, seed, configs, extras such as node masks), ``<path>.png`` (the
-    dataset's picture) and the dataset's own files (molecules: ``<path>.sdf``), atomically."""
-    extras = {k: torch.as_tensor(v).numpy() for k, v in (extras or {}).items()}
-    module = DATASETS[dataset_cfg.name][1]
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        **extras,
-        x0=samples.numpy(),
-        seed=seed,
-        nfe=nfe,
-        dataset_config=json.dumps(dataclasses.asdict(dataset_cfg)),
-        sampler_config=json.dumps(dataclasses.asdict(sampler_cfg)) if sampler_cfg is not None else "{}",
-    )
-    runs.atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-    if dataset is not None:
-        png = path.with_suffix(".png")
-        tmp = png.with_name(f".{png.stem}.tmp.png")
-        module.save_picture(samples, dataset, tmp, title=title, **extras)
-        tmp.replace(png)
-    if hasattr(module, "write_files"):
-        module.write_files(samples, path, **extras)
-
-
-def provenance(run) -> dict[str, Any]:
-    """Seed, config digest, code version and package versions recorded with every metrics file."""
-    seed = run.seed
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(rtkrun.__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    versions = {}
-    for pkg in ("torch", "numpy", "hydra-core", "omegaconf", "scipy", "POT", "rdkit", "qm9pack"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "seed": seed,
-        "config_sha1": config_digest(run),
-        "rtkrun/version": rtkrun.__version__,
-        "rtkrun/git_commit": commit,
-        "python": platform.python_version(),
-        **{f"versions/{k}": v for k, v in versions.items()},
-    }
-
-
 def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in values.items()}
 
@@ -289,7 +213,10 @@ def load_trained_parts(run):
             raise RtkrunError(f"ckpt={run.ckpt} fixes dataset, model and schedule; drop the override {clash[0]}")
         state = runs.load_checkpoint(run.ckpt)
         for group in FIXED_BY_CHECKPOINT:
-            setattr(run, group, typed_group(group, state["config"][group], f"checkpoint {group}"))
+            try:
+                setattr(run, group, typed_group(group, state["config"][group]))
+            except RtkrunError as e:
+                raise RtkrunError(f"{e} (in the config recorded in checkpoint {run.ckpt}); retrain it") from None
     dataset, schedule, model = build_parts(run, run.seed)
     if state is not None:
         try:

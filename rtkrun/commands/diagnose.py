@@ -20,13 +20,13 @@ from rtkrun.commands.common import (
     bind_to_data,
     flatten,
     load_trained_parts,
-    provenance,
     resolve_device,
     start_batch,
 )
 from rtkrun.diagnostics.convexity import bound_chain, matrix_free_chain
 from rtkrun.diffusion.param import expand_like
 from rtkrun.errors import RtkrunError
+from rtkrun.rundir import provenance
 from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.seeding import SampleNoise
 
@@ -141,10 +141,7 @@ def _histograms(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title({"L": "L = ||dF/dz||", "margin": "corrected margin", "true": "true lambda_min(grad^2 g)"}[col])
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    runs.save_figure(fig, path, dpi=100)
 
 
 def diagnose(run, run_dir: Path) -> dict[str, Any]:

@@ -3,35 +3,20 @@ directory) against the dataset they were drawn for."""
 
 from __future__ import annotations
 
-import json
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rtkrun import runs
-from rtkrun.commands.common import build_dataset, describe, flatten, provenance, resolve_device, score
+from rtkrun.commands.common import build_dataset, describe, flatten, resolve_device, score
 from rtkrun.config import typed_group
 from rtkrun.errors import RtkrunError
+from rtkrun.rundir import provenance
+from rtkrun.samples_file import find_samples, read_samples
 
 log = logging.getLogger("rtkrun")
-
-
-def find_samples(path: str) -> Path:
-    p = Path(path).expanduser()
-    if p.is_dir():
-        found = sorted((p / "samples").glob("*.npz")) if (p / "samples").is_dir() else sorted(p.glob("*.npz"))
-        if not found:
-            raise RtkrunError(f"no .npz samples in {p}; pass samples=<file.npz or a sample run directory>")
-        if len(found) > 1:
-            raise RtkrunError(f"{p} holds {len(found)} sample files; pass one: samples={found[0]}")
-        p = found[0]
-    if not p.is_file():
-        raise RtkrunError(f"samples not found: {p}; pass samples=<file.npz or a sample run directory>")
-    return p
 
 
 def score_data(run, run_dir: Path) -> dict[str, Any]:
@@ -53,17 +38,12 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
     if run.samples == "data":
         return score_data(run, run_dir)
     path = find_samples(run.samples)
-    try:
-        with np.load(path) as f:
-            x0 = torch.from_numpy(f["x0"])
-            extras = {k: torch.from_numpy(f[k]) for k in ("node_mask",) if k in f.files}
-            saved_dataset = json.loads(str(f["dataset_config"])) if "dataset_config" in f.files else None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise RtkrunError(
-            f"{path} is not a readable rtkrun samples file ({type(e).__name__}); re-run rtkrun sample"
-        ) from None
+    x0, extras, saved_dataset = read_samples(path)
     if saved_dataset is not None:
-        run.dataset = typed_group("dataset", saved_dataset, "samples' dataset")
+        try:
+            run.dataset = typed_group("dataset", saved_dataset)
+        except RtkrunError as e:
+            raise RtkrunError(f"{e} (in the dataset config recorded in {path}); re-run rtkrun sample") from None
         log.info("scoring against the dataset recorded in %s", path)
     dataset = build_dataset(run.dataset)
     if tuple(x0.shape[1:]) != tuple(dataset.sample_shape):

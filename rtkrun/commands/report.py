@@ -8,10 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from rtkrun import runs as run_files
-from rtkrun.commands.common import provenance
 from rtkrun.errors import RtkrunError
 from rtkrun.report import (
     SAMPLE_COLUMNS,
@@ -35,8 +34,25 @@ from rtkrun.report import (
     t7_row,
     write_table,
 )
+from rtkrun.rundir import provenance
 
 log = logging.getLogger("rtkrun")
+
+
+def damage(run_dir: Path) -> str | None:
+    """Why a run directory cannot be read (a torn ``.hydra/config.yaml`` or ``metrics.json``,
+    as a kill during a write leaves them), or None."""
+    try:
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except Exception as e:  # YAML and OmegaConf raise many types for a torn file
+        return f".hydra/config.yaml is unreadable ({type(e).__name__})"
+    if not isinstance(cfg, DictConfig):
+        return ".hydra/config.yaml is not a mapping"
+    try:
+        run_files.read_json_object(run_dir / "metrics.json")
+    except run_files.DamagedFile as e:
+        return str(e).removeprefix(f"{run_dir}/")
+    return None
 
 
 def _kind(run_dir: Path) -> str:
@@ -58,9 +74,14 @@ def report(run, run_dir: Path) -> dict[str, Any]:
     if missing:
         raise RtkrunError(f"runs={missing[0]} is not a directory; pass runs=<dir> or runs=[<dir>,<dir>]")
     out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[Path]] = {"T1_T2": [], "T3": [], "T4": [], "T5": [], "T6": [], "other": []}
+    damaged = []
     for found in find_runs(roots):
+        reason = damage(found)
+        if reason is not None:
+            log.warning("%s is damaged and left out of the tables: %s", found, reason)
+            damaged.append({"directory": str(found), "problem": reason})
+            continue
         groups[_kind(found)].append(found)
     t7_dirs = sorted({p.parent for root in roots for p in root.rglob("metrics.json") if is_t7_run(p.parent)})
     written: dict[str, Any] = {}
@@ -102,9 +123,12 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         write_table(rows, T7_COLUMNS, out / "T7", "T7: DDPM steps vs dimension with the exact score", note)
         written["T7"] = len(rows)
         written.update({f"T7/exponent/{g}": k for g, k in fits.items()})
+    if damaged:
+        write_table(damaged, ["directory", "problem"], out / "damaged", "Run directories left out: damaged files")
     if not written:
         raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T7)")
     metrics = {"status": "complete", **provenance(run), "out": str(out), "skipped": len(groups["other"])}
+    metrics["damaged"] = len(damaged)
     metrics.update({f"rows/{k}": v for k, v in written.items()})
     run_files.write_json(run_dir / "metrics.json", metrics)
     log.info("tables %s written to %s", ", ".join(k for k in written if "/" not in k), out.resolve())

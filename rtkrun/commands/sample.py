@@ -9,16 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from rtkrun import runs
-from rtkrun.commands.common import (
-    describe,
-    draw_samples,
-    flatten,
-    load_trained_parts,
-    provenance,
-    resolve_device,
-    save_samples,
-    score,
-)
+from rtkrun.commands.common import describe, draw_samples, flatten, load_trained_parts, resolve_device, score
+from rtkrun.rundir import provenance
+from rtkrun.samples_file import save_samples
 
 log = logging.getLogger("rtkrun")
 

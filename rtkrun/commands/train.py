@@ -1,8 +1,17 @@
 """``rtkrun train``: fit the denoiser (resuming from ``checkpoints/last.pt``), then sample it with
-every evaluation sampler and write ``metrics.json``."""
+every evaluation sampler and write ``metrics.json``.
+
+``metrics.json`` is rewritten (atomically) after training and after each evaluation sampler,
+with ``status: incomplete`` until the last one, so a kill loses at most the sampler it
+interrupted. Re-running a run directory merges: each evaluation records the digest of its
+settings and of the model's step, and is recomputed only where that changed or it is missing;
+an evaluation added on the command line is run and merged, results of earlier ones are kept.
+Training further (more steps) makes every earlier evaluation stale, so they are dropped.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -11,63 +20,93 @@ from typing import Any
 import torch
 
 from rtkrun import distributed, runs
-from rtkrun.commands.common import (
-    build_parts,
-    describe,
-    draw_samples,
-    flatten,
-    provenance,
-    resolve_device,
-    save_samples,
-    score,
-)
+from rtkrun.commands.common import build_parts, describe, draw_samples, flatten, resolve_device, score
 from rtkrun.config import to_dict
 from rtkrun.loggers import NullTracker, make_tracker
 from rtkrun.metrics.mog import mean_recovery
 from rtkrun.models import needs_training
+from rtkrun.rundir import digest, provenance, read_metrics
+from rtkrun.samples_file import save_samples
 from rtkrun.trainer import Trainer
 
 log = logging.getLogger("rtkrun")
+# Evaluation settings that change how samples are drawn or scored in batches, not the result.
+EVAL_HOW = ("samplers", "batch_size", "fid_batch_size")
+
+
+def evaluation_digest(sampler_cfg, evaluation, steps: int) -> str:
+    """What one evaluation's result depends on: its sampler, the evaluation settings and the
+    model (its training step; the run directory fixes everything else)."""
+    settings = {k: v for k, v in dataclasses.asdict(evaluation).items() if k not in EVAL_HOW}
+    return digest({"sampler": dataclasses.asdict(sampler_cfg), "evaluation": settings, "steps": steps})
+
+
+def _without_evaluations(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not k.startswith("eval/")}
+
+
+def _evaluation(metrics: dict[str, Any], label: str) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k.startswith(f"eval/{label}/")}
 
 
 def train(run, run_dir: Path) -> dict[str, Any]:
     metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        done = runs.read_json(metrics_path)
-        if done.get("status") == "complete" and done.get("train/steps") == run.trainer.max_steps:
-            log.info("run %s is already complete; nothing to do (metrics in %s)", run_dir, metrics_path)
-            return done
     device = resolve_device(run.device)
     place = distributed.init(device.type)
+    runs.lock_run_dir(run_dir, place.rank)  # the process group's real rank, now that it exists
     if place.active and device.type == "cuda":
         device = torch.device("cuda", place.local_rank)
     if not place.is_main:  # rank 0 alone logs; the others only compute
         logging.getLogger().setLevel(logging.WARNING)
+    previous = read_metrics(run_dir) or {}  # every rank reads it, so all ranks decide alike
     config = to_dict(run)
-    tracker = make_tracker(run.logger, run_dir, config) if place.is_main else NullTracker()
     dataset, schedule, model = build_parts(run, run.seed)
     model = model.to(device)
-    log.info("run directory: %s", run_dir.resolve())
     started = time.time()
-    metrics: dict[str, Any] = {"status": "complete", **provenance(run)}
     if needs_training(model):
-        trainer = Trainer(run, model, dataset, schedule, run_dir, device, config, tracker)
-        metrics.update(trainer.fit())
-        eval_model = trainer.ema
+        trainer = Trainer(run, model, dataset, schedule, run_dir, device, config, NullTracker())
+        steps_before = trainer.saved_step()
+        if steps_before == run.trainer.max_steps and _all_evaluated(run, previous, steps_before):
+            log.info("run %s is already complete; nothing to do (metrics in %s)", run_dir, metrics_path)
+            distributed.shutdown()
+            return previous
+        log.info("run directory: %s", run_dir.resolve())
+        trainer.tracker = make_tracker(run.logger, run_dir, config) if place.is_main else NullTracker()
+        trained = trainer.fit()
+        eval_model, tracker = trainer.ema, trainer.tracker
         if place.active:
-            metrics["train/processes"] = place.world
+            trained["train/processes"] = place.world
             distributed.shutdown()
             if not place.is_main:
                 return {}
+        # Training on makes earlier evaluations stale; a run that only re-evaluates keeps them.
+        kept = previous if trained["train/steps"] == previous.get("train/steps") else _without_evaluations(previous)
+        if "train/seconds_this_session" not in trained:  # nothing trained now: keep what was measured
+            trained = {**{k: v for k, v in previous.items() if k.startswith("train/")}, **trained}
     else:
+        log.info("run directory: %s", run_dir.resolve())
         log.info("model %s needs no training", run.model.name)
-        metrics["train/steps"] = run.trainer.max_steps
-        eval_model = model
+        tracker = make_tracker(run.logger, run_dir, config)
+        trained, eval_model, kept = {"train/steps": run.trainer.max_steps}, model, previous
+    metrics: dict[str, Any] = {**kept, **trained, "status": "incomplete", **provenance(run)}
     metrics["train/parameters"] = sum(p.numel() for p in model.parameters())
     metrics["dataset/name"] = run.dataset.name
+    if run.model.name == "mog_student":
+        symmetric = run.model.symmetric
+        learned = eval_model.mu if symmetric else eval_model.means
+        truth = dataset.mixture.means[:1] if symmetric else dataset.mixture.means
+        metrics.update(flatten("student", mean_recovery(learned, truth, symmetric)))
+    runs.write_json(metrics_path, metrics)  # the training results, before any evaluation
 
-    ev = run.evaluation
+    ev, steps = run.evaluation, metrics["train/steps"]
     for label, sampler_cfg in ev.samplers.items():
+        wanted = evaluation_digest(sampler_cfg, ev, steps)
+        if metrics.get(f"eval/{label}/config_sha1") == wanted:
+            log.info("%s: kept from the previous run of this directory", label)
+            continue
+        if _evaluation(metrics, label):
+            log.warning("%s: its settings changed since it was measured; measuring it again", label)
+        metrics = {k: v for k, v in metrics.items() if k not in _evaluation(metrics, label)}
         samples, info = draw_samples(
             eval_model,
             sampler_cfg,
@@ -91,13 +130,11 @@ def train(run, run_dir: Path) -> dict[str, Any]:
             extras=info["extras"],
         )
         tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=describe(scores))
-        metrics.update(flatten(f"eval/{label}", {**scores, "nfe": info["nfe"], "seconds": info["seconds"]}))
+        found = {**scores, "nfe": info["nfe"], "seconds": info["seconds"], "config_sha1": wanted}
+        metrics.update(flatten(f"eval/{label}", found))
+        runs.write_json(metrics_path, metrics)  # a kill in the next sampler keeps this one
         log.info("%s: %s, NFE %d, %.2f s", label, describe(scores), info["nfe"], info["seconds"])
-    if run.model.name == "mog_student":
-        symmetric = run.model.symmetric
-        learned = eval_model.mu if symmetric else eval_model.means
-        truth = dataset.mixture.means[:1] if symmetric else dataset.mixture.means
-        metrics.update(flatten("student", mean_recovery(learned, truth, symmetric)))
+    metrics["status"] = "complete"
     metrics["seconds"] = time.time() - started
     runs.write_json(metrics_path, metrics)
     tracker.summary(metrics)
@@ -106,3 +143,12 @@ def train(run, run_dir: Path) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return metrics
+
+
+def _all_evaluated(run, previous: dict[str, Any], steps: int) -> bool:
+    """Whether ``metrics.json`` already holds a complete run with every configured evaluation
+    measured with its current settings on this model."""
+    return previous.get("status") == "complete" and all(
+        previous.get(f"eval/{label}/config_sha1") == evaluation_digest(cfg, run.evaluation, steps)
+        for label, cfg in run.evaluation.samplers.items()
+    )

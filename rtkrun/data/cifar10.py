@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rtkrun import runs
 from rtkrun.errors import ConfigError, RtkrunError
 from rtkrun.metrics.images import to_uint8
 from rtkrun.runs import file_digest
@@ -39,6 +40,8 @@ MD5 = {
 }
 SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 REAL_BATCH_SIZE = 10_000
+
+USES_CACHE = True  # the FID statistics of the training images are kept under runs.cache_dir() (RTKRUN_CACHE)
 
 
 @dataclass
@@ -207,4 +210,5 @@ def save_picture(samples: torch.Tensor, dataset, path, title: str = "") -> None:
     for i, img in enumerate(to_uint8(x)):
         r, c = divmod(i, 8)
         grid[:, 2 + r * 34 : 2 + r * 34 + 32, 2 + c * 34 : 2 + c * 34 + 32] = img
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path, format="PNG")
+    image = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    runs.atomic_save(path, lambda buf: image.save(buf, format="PNG"))

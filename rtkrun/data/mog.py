@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rtkrun import runs
 from rtkrun.errors import ConfigError
 
 
@@ -43,8 +44,8 @@ class MogConfig:
             raise ConfigError(f"layout=ring needs dim=2 (got dim={self.dim}); use layout=random")
         if self.layout == "pair" and self.n_components != 2:
             raise ConfigError(f"layout=pair needs n_components=2 (got {self.n_components})")
-        if self.component_std < 0:
-            raise ConfigError(f"component_std must be >= 0, got {self.component_std}")
+        if not self.component_std > 0:  # a zero width makes every density and metric degenerate
+            raise ConfigError(f"component_std must be > 0, got {self.component_std}")
         if self.weights is not None:
             if len(self.weights) != self.n_components or min(self.weights) <= 0:
                 raise ConfigError(
@@ -240,8 +241,7 @@ def plot_samples(samples: torch.Tensor, mixture: GaussianMixture, path, title: s
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    runs.save_figure(fig, path)
 
 
 def save_picture(samples: torch.Tensor, dataset: MogDataset, path, title: str = "") -> None:

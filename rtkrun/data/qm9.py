@@ -45,6 +45,8 @@ EDM_TRAIN_SIZE, EDM_CHARACTERISED = 100_000, 130_831
 SPLITS = ("train", "valid", "test")
 NUMBER_OF_TYPE = torch.tensor([ATOMIC_NUMBER[e] for e in ELEMENTS])
 
+USES_CACHE = True  # the parsed table and the training SMILES are kept under runs.cache_dir() (RTKRUN_CACHE)
+
 
 @dataclass
 class QM9Config:

@@ -233,4 +233,4 @@ def save_grid(numbers: np.ndarray, positions: np.ndarray, path: str | Path, titl
         grid.paste(tile, ((b % per_row) * size, (b // per_row) * size))
     info = PngInfo()
     info.add_text("Title", title)  # the metrics line, kept with the picture
-    grid.save(str(path), format="PNG", pnginfo=info)
+    runs.atomic_save(path, lambda buf: grid.save(buf, format="PNG", pnginfo=info))

@@ -9,9 +9,12 @@ compares samplers at equal NFE. The NFE a run really used is always counted, nev
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from rtkrun.samplers import dddm, ddim, ddpm, pf_ode, rtk_mala, rtk_uld
+
+log = logging.getLogger("rtkrun")
 
 SAMPLERS = {
     "ddpm": (ddpm.DDPMConfig, ddpm.ddpm),
@@ -27,6 +30,8 @@ def _rtk_budget(s: dict[str, Any], nfe: int) -> dict[str, Any]:
     # NFE = segments·(2 + c·inner_steps) + 1: a DDIM jump and a score per segment, c per inner
     # step (1, or 1 + gl_nodes with Gauss–Legendre energies), and the final denoise.
     per_step = 1 + s["gl_nodes"] if s.get("energy") == "gauss_legendre" else 1
+    if nfe < 3:  # the budget is a promise: say where it cannot be kept (the counted NFE is recorded)
+        log.warning("an RTK sampler needs at least 3 NFE (a DDIM jump, a score, the final denoise); nfe=%d runs 3", nfe)
     segments = max(1, min(s["segments"], (nfe - 1) // 2))
     inner = max(0, ((nfe - 1) // segments - 2) // per_step)
     return {**s, "segment_length": None, "segments": segments, "inner_steps": inner}

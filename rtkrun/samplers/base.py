@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 
+from rtkrun.errors import ConfigError
+
 Callback = Callable[[dict[str, Any]], None]
+
+
+def check_budget(nfe: int | None) -> None:
+    """An NFE budget (``sampler.nfe``), where set, is at least one network evaluation."""
+    if nfe is not None and nfe < 1:
+        raise ConfigError(f"nfe must be >= 1 (a budget of network evaluations) or null, got {nfe}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, ddim_move, report
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, ddim_move, report
 from rtkrun.seeding import SampleNoise
 
 
@@ -35,6 +35,7 @@ class DDDMConfig:
     nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
+        check_budget(self.nfe)
         if self.levels < 1 or self.iterations < 1:
             raise ConfigError(f"levels and iterations must be >= 1, got {self.levels}, {self.iterations}")
         if self.init not in ("noise", "zeros", "previous"):

@@ -16,7 +16,7 @@ import torch
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, report
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, report
 from rtkrun.seeding import SampleNoise
 
 
@@ -32,6 +32,7 @@ class DDIMConfig:
     nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
+        check_budget(self.nfe)
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.eta < 0:

@@ -16,7 +16,7 @@ import torch
 
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, SampleResult
+from rtkrun.samplers.base import Callback, SampleResult, check_budget
 from rtkrun.samplers.ddim import ddim
 from rtkrun.seeding import SampleNoise
 
@@ -32,6 +32,7 @@ class DDPMConfig:
     nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
+        check_budget(self.nfe)
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
 

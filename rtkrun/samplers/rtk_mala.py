@@ -18,7 +18,7 @@ import torch
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, ddim_move, report
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, ddim_move, report
 from rtkrun.samplers.rtk import _bcast, _sum, mala_step, run_segments, segment_times
 from rtkrun.seeding import SampleNoise
 
@@ -43,6 +43,7 @@ class RTKMALAConfig:
     nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
+        check_budget(self.nfe)
         if self.segments < 1 or self.inner_steps < 0 or self.gl_nodes < 1:
             raise ConfigError("segments and gl_nodes must be >= 1 and inner_steps >= 0")
         if self.step_size <= 0 or (self.segment_length is not None and self.segment_length <= 0):

@@ -11,7 +11,7 @@ import torch
 
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, report
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, report
 from rtkrun.samplers.rtk import baoab_step, run_segments, segment_times
 from rtkrun.seeding import SampleNoise
 
@@ -30,6 +30,7 @@ class RTKULDConfig:
     nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
 
     def __post_init__(self) -> None:
+        check_budget(self.nfe)
         if self.segments < 1 or self.inner_steps < 0:
             raise ConfigError("segments must be >= 1 and inner_steps >= 0")
         if self.step_size <= 0 or self.friction <= 0:
