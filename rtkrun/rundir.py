@@ -112,12 +112,10 @@ def held_experiment(run_dir: Path) -> dict[str, Any] | None:
         return _validated(record["config"], run_dir, RECORD)
     saved = run_dir / ".hydra" / "config.yaml"
     if saved.exists():
-        try:
-            loaded = OmegaConf.load(saved)
-        except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError, OSError):
-            loaded = None
-        if isinstance(loaded, DictConfig) and loaded.get("command") is not None:
-            return _validated(loaded, run_dir, ".hydra/config.yaml")
+        try:  # Hydra writes it in place, so a kill can tear it: then the checkpoint decides
+            return to_dict(validate(OmegaConf.load(saved)))
+        except (RtkrunError, OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError, AttributeError, OSError):
+            pass
     ckpt = runs.checkpoint_path(run_dir)
     if ckpt.exists():
         return _validated(runs.load_checkpoint(ckpt)["config"], run_dir, "checkpoints/last.pt")
@@ -270,8 +268,8 @@ def preflight(cfg: DictConfig, rank: int = 0) -> Any:
         if run.command in ("sample", "diagnose") and run.ckpt is not None:
             runs.resolve_checkpoint(run.ckpt)
         check_writable(run_dir, runs.RUN_DIR_FIX)
+        check_run_dir(run, run_dir)  # reads only; run_command checks again under the lock
         runs.lock_run_dir(run_dir, rank)  # before Hydra writes .hydra/ into it
-        check_run_dir(run, run_dir)
     return run
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtkrun.cli import path_tag
 from tests.conftest import run_cli
 
 TINY_TRAIN = [
@@ -115,8 +116,10 @@ def test_sample_sweep_makes_one_job_directory_per_override(trained, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    # Named after the job's overrides (ckpt, seed and hydra.* excluded, see conf/hydra_base.yaml).
-    assert jobs == [f"batch_size=200,n_samples=200,sampler.steps={k},sampler=ddim" for k in (10, 20, 5)]
+    # Named after the job's overrides (hydra.* excluded), the checkpoint by a tag (conf/hydra_base.yaml).
+    tag = path_tag(str(trained))
+    assert tag.startswith("run-") and len(tag) == len("run-") + 8
+    assert jobs == [f"batch_size=200,n_samples=200,sampler.steps={k},sampler=ddim,ckpt={tag}" for k in (10, 20, 5)]
     for job, steps in zip(jobs, (10, 20, 5)):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["nfe"] == steps and metrics["status"] == "complete"
