@@ -19,7 +19,14 @@ def compose_cfg(command: str, overrides: list[str] | None = None, return_hydra_c
         return compose(command, overrides=overrides or [], return_hydra_config=return_hydra_config)
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict | None = None, timeout: int = 300, process: bool = False
+) -> subprocess.CompletedProcess:
+    """``rtkrun *args``: in this process by default (the same ``cli.main``, without paying the
+    torch import again), or as the installed console script with ``process=True`` (for tests of
+    the script itself, of signals, or of settings read when a process starts)."""
+    if not process:
+        return rtkrun_in_process(*args, cwd=cwd, env=env)
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([RTKRUN, *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
 
@@ -52,6 +59,9 @@ def rtkrun_in_process(*args: str, cwd: Path, env: dict | None = None) -> subproc
 
     out, err, code = io.StringIO(), io.StringIO(), 0
     old_cwd, old_env = os.getcwd(), dict(os.environ)
+    # what a run may change process-wide (trainer.deterministic, seeding), restored afterwards
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    rng = torch.get_rng_state()
     os.environ.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
     try:
         os.chdir(cwd)
@@ -64,6 +74,9 @@ def rtkrun_in_process(*args: str, cwd: Path, env: dict | None = None) -> subproc
         os.chdir(old_cwd)
         os.environ.clear()
         os.environ.update(old_env)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
         for key in list(runs._HELD_LOCKS):
             runs.unlock_run_dir(key)
     return subprocess.CompletedProcess(["rtkrun", *args], code, out.getvalue(), err.getvalue())

@@ -35,14 +35,14 @@ def snapshot(root: Path) -> dict[str, str]:
 def trained(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("cli")
     run_dir = cwd / "run"
-    proc = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={run_dir}", cwd=cwd)
+    proc = run_cli("train", *TINY_TRAIN, f"hydra.run.dir={run_dir}", cwd=cwd, process=True)  # the console script
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert str(run_dir.resolve()) in proc.stdout  # says where its run directory is
     return run_dir
 
 
 def test_help_lists_commands(tmp_path):
-    proc = run_cli("--help", cwd=tmp_path)
+    proc = run_cli("--help", cwd=tmp_path, process=True)
     assert proc.returncode == 0
     for command in ("train", "sample", "evaluate"):
         assert command in proc.stdout

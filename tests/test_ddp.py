@@ -47,11 +47,13 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ddp")
-    one = run_cli("train", *TRAIN, f"hydra.run.dir={cwd / 'one'}", cwd=cwd, env=ENV)
+    one = run_cli("train", *TRAIN, f"hydra.run.dir={cwd / 'one'}", cwd=cwd, env=ENV, process=True)
     assert one.returncode == 0, one.stderr
     two = torchrun("train", *TRAIN, f"hydra.run.dir={cwd / 'two'}", cwd=cwd)
     assert two.returncode == 0, two.stdout + two.stderr
-    accum = run_cli("train", *TRAIN, "trainer.grad_accum=4", f"hydra.run.dir={cwd / 'accum'}", cwd=cwd, env=ENV)
+    accum = run_cli(
+        "train", *TRAIN, "trainer.grad_accum=4", f"hydra.run.dir={cwd / 'accum'}", cwd=cwd, env=ENV, process=True
+    )
     assert accum.returncode == 0, accum.stderr
     return cwd
 

@@ -76,7 +76,7 @@ def test_a_timed_out_job_is_requeued_and_resumes_to_the_uninterrupted_result(tmp
     log = (job / "train.log").read_text()
     assert "SIGUSR2 at step" in log and "resumed from" in log, log[-2000:]
     straight = tmp_path / "straight"
-    proc = run_cli("train", *train, "seed=3", f"hydra.run.dir={straight}", cwd=tmp_path, timeout=900)
+    proc = run_cli("train", *train, "seed=3", f"hydra.run.dir={straight}", cwd=tmp_path, timeout=900, process=True)
     assert proc.returncode == 0, proc.stderr
     a, b = runs.load_checkpoint(job), runs.load_checkpoint(straight)
     assert a["step"] == b["step"] == 14000
