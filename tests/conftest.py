@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 
 from rtkrun.cli import CONF_DIR
 
@@ -74,6 +75,7 @@ def rtkrun_in_process(*args: str, cwd: Path, env: dict | None = None) -> subproc
         os.chdir(old_cwd)
         os.environ.clear()
         os.environ.update(old_env)
+        HydraConfig.instance().cfg = None  # as outside Hydra: the next direct call sees no overrides
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
