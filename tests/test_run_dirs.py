@@ -86,6 +86,24 @@ def test_sample_and_evaluate_refuse_directories_of_other_commands_and_experiment
     assert snapshot(d) == before
 
 
+@pytest.mark.parametrize(
+    "command,args",
+    [
+        ("train", ["trainer.max_steps=5"]),
+        ("evaluate", ["samples=data"]),
+        ("diagnose", ["model=mog_oracle"]),
+        ("report", ["runs=."]),
+        ("bench", ["sections=[training]"]),
+    ],
+)
+def test_every_command_refuses_a_directory_holding_another_commands_run(tmp_path, command, args):
+    assert rtkrun_in_process("sample", "model=mog_oracle", *S, "hydra.run.dir=D", cwd=tmp_path).returncode == 0
+    before = snapshot(tmp_path / "D")
+    proc = rtkrun_in_process(command, *args, "hydra.run.dir=D", cwd=tmp_path)
+    one_line(proc, f"D holds a `sample` run; `rtkrun {command}` writes only into a new directory")
+    assert snapshot(tmp_path / "D") == before
+
+
 def test_a_refused_sweep_job_restores_the_hydra_files_of_the_directory(tmp_path):
     """In a sweep Hydra writes a job's .hydra/ before rtkrun runs; a refused job puts back the
     files of the experiment the directory holds."""
