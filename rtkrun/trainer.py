@@ -321,7 +321,10 @@ class Trainer:
                 x0 = get_batch(self.dataset, mine, epoch, self.seed)
             x0 = x0.to(self.device, non_blocking=True)
             space = self.dataset.space_of(x0) if hasattr(self.dataset, "space_of") else None
-            inputs = LossInputs(x0, mine.to(self.device), epoch, shard, space)
+            mirror = None
+            if hasattr(self.dataset, "mirrored") and not self.cfg.fresh_data:  # augmented images
+                mirror = self.dataset.mirrored(mine, epoch, self.seed)
+            inputs = LossInputs(x0, mine.to(self.device), epoch, shard, space, mirror)
             last = k == self.micro_batches - 1
             # DDP all-reduces gradients on the last micro-batch only
             with contextlib.nullcontext() if last or world == 1 else self.train_model.no_sync():

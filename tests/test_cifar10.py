@@ -174,6 +174,64 @@ def test_dddm_objective_batched_call_equals_split_calls_and_buffer_gets_detached
     assert torch.equal(use, changed)
 
 
+class _Constant(torch.nn.Module):
+    """Predicts one fixed, left-right asymmetric image and records the estimates it is shown."""
+
+    accepts_estimate_mask = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = torch.linspace(-1, 1, 32).expand(3, 32, 32).clone()  # a ramp: its mirror differs
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x, t, z=None, estimate_mask=None):
+        self.seen.append(z.clone())
+        return self.image.expand(len(x), 3, 32, 32).clone()
+
+
+def test_dddm_buffer_keeps_estimates_in_the_canonical_orientation_of_flipped_images(fixture_root):
+    """Flips are redrawn every epoch. An estimate stored as the batch saw its image paired x0
+    with the mirror of its own estimate on the next visit with probability 1/2 (issue 16): the
+    model must see z in the batch's orientation, and the buffer must keep the canonical one."""
+    objective = _objective(4)
+    objective.null_estimate_prob = 0.0  # every row reads and writes its estimate
+    stored = objective.buffer.z.clone()
+    mirror = torch.tensor([True, False, True, False])
+    model = _Constant()
+    x0 = torch.rand(4, 3, 32, 32) * 2 - 1
+    objective(model, LossInputs(x0, torch.arange(4), epoch=1, mirror=mirror), torch.Generator().manual_seed(0))
+    (seen,) = model.seen
+    assert torch.equal(seen[mirror], stored[mirror].flip(-1)) and torch.equal(seen[~mirror], stored[~mirror])
+    after = objective.buffer.z
+    assert torch.equal(after[mirror], model.image.flip(-1).expand(2, 3, 32, 32))
+    assert torch.equal(after[~mirror], model.image.expand(2, 3, 32, 32))
+    # the trainer passes each batch's mirror flags, the very ones its images were flipped with
+    ds = cifar10.build(cifar10.Cifar10Config(root=str(fixture_root)))
+    idx = torch.tensor([3, 17, 8, 30])
+    flags = ds.mirrored(idx, 2, 5)
+    assert torch.equal(ds.get_batch(idx, epoch=2, seed=5), torch.where(flags[:, None, None, None],
+                       ds.get_batch(idx).flip(-1), ds.get_batch(idx)))  # fmt: skip
+    assert cifar10.build(cifar10.Cifar10Config(root=str(fixture_root), hflip=False)).mirrored(idx, 2, 5) is None
+
+
+def test_the_trainer_hands_the_objective_the_batch_mirror_flags(fixture_root, monkeypatch, tmp_path):
+    from rtkrun.config import validate
+    from rtkrun.trainer import Trainer
+    from tests.conftest import compose_cfg
+
+    run = validate(compose_cfg("train", ["dataset=cifar10", f"dataset.root={fixture_root}", "trainer.batch_size=8"]))
+    ds = cifar10.build(run.dataset)
+    captured = []
+    monkeypatch.setattr(Objective, "__call__", lambda self, model, batch, gen: captured.append(batch) or (
+        model(batch.x0, torch.ones(len(batch.x0)), None).float().mean()))  # fmt: skip
+    trainer = Trainer(run, small_unet(), ds, build_schedule(SCHEDULES["linear"][0]()), tmp_path, torch.device("cpu"),
+                      {"model": {"name": "unet"}}, None)  # fmt: skip
+    index = torch.tensor([4, 9, 21, 33, 2, 0, 38, 15])
+    trainer.train_step(index, epoch=3)
+    (batch,) = captured
+    assert torch.equal(batch.mirror, ds.mirrored(index, 3, run.seed)) and bool(batch.mirror.any())
+
+
 def test_dddm_weight_is_inverse_epoch_and_global_indices_never_collide():
     objective = _objective(4)
     assert [objective.data_weight(e) for e in range(4)] == [1.0, 0.5, 1 / 3, 0.25]

@@ -172,13 +172,15 @@ class Cifar10Dataset(Dataset):
             self._flips = ((seed, epoch), torch.rand(len(self), generator=gen) < 0.5)
         return self._flips[1]
 
+    def mirrored(self, indices: torch.Tensor, epoch: int, seed: int) -> torch.Tensor | None:
+        """Which of the images at ``indices`` training mirrors in ``epoch`` (None: no flips)."""
+        return self.flips(seed, epoch)[indices.cpu()] if self.cfg.hflip else None
+
     def get_batch(self, indices: torch.Tensor, epoch: int | None = None, seed: int = 0) -> torch.Tensor:
         """Images at ``indices`` in [−1, 1], mirrored per ``flips`` when training (epoch given)."""
         x = to_float(self.images[indices.to(self.images.device)])
-        if self.cfg.hflip and epoch is not None:
-            mirror = self.flips(seed, epoch)[indices.cpu()].to(x.device)
-            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
-        return x
+        mirror = self.mirrored(indices, epoch, seed) if epoch is not None else None
+        return x if mirror is None else torch.where(mirror.to(x.device)[:, None, None, None], x.flip(-1), x)
 
     def fingerprint(self) -> str:
         """SHA-1 of the images actually used (keys cached FID statistics)."""

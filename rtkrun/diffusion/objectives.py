@@ -44,6 +44,9 @@ class LossInputs:
     # The subspace the batch lives in (molecules: real atoms, zero centre of mass), or None for
     # R^d: noise is projected into it, the model gets its ``cond`` and distances its ``mean_sq``.
     space: Any = None
+    # Rows whose example is horizontally mirrored in this batch (image augmentation), or None.
+    # The DDDM buffer keeps estimates in the examples' canonical orientation (see ``_dddm``).
+    mirror: torch.Tensor | None = None
 
     def rows(self) -> tuple[int, slice]:
         """(how many rows to draw noise for, which of them are this shard's)."""
@@ -52,6 +55,14 @@ class LossInputs:
             return n, slice(0, n)
         start, total = self.shard
         return total, slice(start, start + n)
+
+
+def mirror_rows(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``x`` with the rows flagged in ``rows`` flipped along the last (width) axis; its own
+    inverse, so it maps canonical to batch orientation and back."""
+    if rows is None:
+        return x
+    return torch.where(rows.to(x.device).view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
 
 
 class EstimateBuffer:
@@ -151,7 +162,10 @@ class Objective:
         return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c, space)).mean()
 
     def _dddm(self, model, x0, x_t, t, batch: LossInputs, generator, weight: torch.Tensor) -> torch.Tensor:
-        z = self.buffer.read(batch.index).to(x0.dtype)
+        # Flips are redrawn every epoch, so an estimate stored as the batch saw its image would
+        # meet the mirror of that image on the next visit: read z in the batch's orientation and
+        # store x0_hat back in the canonical one.
+        z = mirror_rows(self.buffer.read(batch.index).to(x0.dtype), batch.mirror)
         space, cond = batch.space, ({} if batch.space is None else batch.space.cond)
         if space is not None:  # the buffer starts as N(0, I) in every coordinate
             z = space.project(z)
@@ -174,5 +188,6 @@ class Objective:
         estimate_term = distance(x0_hat, z, self.distance_kind, self.huber_c, space)
         loss = torch.where(use_estimate, w * data_term + (1 - w) * estimate_term, data_term)
         # Null rows write their old estimate back: no boolean indexing, so no host sync.
-        self.buffer.write(batch.index, torch.where(use_estimate.view(-1, *[1] * (x0.ndim - 1)), x0_hat.detach(), z))
+        kept = torch.where(use_estimate.view(-1, *[1] * (x0.ndim - 1)), x0_hat.detach(), z)
+        self.buffer.write(batch.index, mirror_rows(kept, batch.mirror))
         return (weight * loss).mean()
