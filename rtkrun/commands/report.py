@@ -96,7 +96,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         written["T3"] = len(rows)
     if groups["T4"]:
         rows = [row for p in groups["T4"] for row in t4_rows(p)] + t4_quoted_rows()
-        note = "Percent. Rows marked (quoted) are the papers' numbers (REFERENCE.md §3), not measured here."
+        note = "Percent. Rows marked (quoted) are the EDM and GeoBFN papers' numbers, not measured here."
         write_table(rows, T4_COLUMNS, out / "T4", "T4: QM9 samplers", note)
         written["T4"] = len(rows)
     if groups["T5"]:
