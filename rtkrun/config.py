@@ -397,6 +397,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(obj))
 
 
+def digest(value: Any) -> str:
+    """SHA-1 of a JSON-able value, keys sorted (configs, an evaluation's settings)."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def config_digest(run: Any) -> str:
     """SHA-1 of a validated run config: what a finished job's metrics.json is checked against."""
-    return hashlib.sha1(json.dumps(to_dict(run), sort_keys=True, default=str).encode()).hexdigest()
+    return digest(to_dict(run))

@@ -22,8 +22,6 @@ files of the experiment the directory holds are restored from ``run.json``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -317,8 +315,3 @@ def provenance(run: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         **{f"versions/{k}": v for k, v in versions.items()},
     }
-
-
-def digest(value: Any) -> str:
-    """SHA-1 of a JSON-able value (an evaluation's settings)."""
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

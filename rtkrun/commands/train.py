@@ -21,11 +21,11 @@ import torch
 
 from rtkrun import distributed, runs
 from rtkrun.commands.common import build_parts, describe, draw_samples, flatten, resolve_device, score
-from rtkrun.config import to_dict
+from rtkrun.config import digest, to_dict
 from rtkrun.loggers import NullTracker, make_tracker
 from rtkrun.metrics.mog import mean_recovery
 from rtkrun.models import needs_training
-from rtkrun.rundir import digest, provenance, read_metrics
+from rtkrun.rundir import provenance, read_metrics
 from rtkrun.samples_file import save_samples
 from rtkrun.trainer import Trainer
 
