@@ -28,6 +28,8 @@ SAMPLE_COLUMNS = [
     "variant",
     "nfe_budget",
     "nfe",
+    "energy_evals",
+    "oracle_calls",
     "sliced_w2",
     "baseline/sliced_w2",
     "w2",
@@ -47,6 +49,12 @@ SAMPLE_COLUMNS = [
     "run_dir",
 ]
 OUT_FIX = "choose a writable out=<dir> with free space"
+SAMPLE_NOTE = (
+    "NFE is counted (network evaluations per sample). `energy_evals`: exact log_prob calls of RTK-MALA "
+    "with energy=exact, not in NFE. `oracle_calls`: the flow-map oracle's cost; its one NFE is a whole "
+    "Heun solve of the PF-ODE, so its rows stay off the NFE axis of the figure. `baseline/…` is true vs "
+    "true at the same n."
+)
 VARIANT_KEYS = ("energy", "solver", "levels", "segment_length", "step_size", "eta", "target")
 
 
@@ -85,11 +93,12 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
     m = json.loads(metrics_path.read_text())
     row["dim"] = m.get("dataset/dim", row["dim"])  # a checkpoint fixes the dataset
     row.update({k: m.get(f"sample/{k}") for k in SAMPLE_COLUMNS if m.get(f"sample/{k}") is not None})
-    acc = [a for a in m.get("stats/acceptance") or [] if a is not None]  # None: a segment without MALA steps
+    acc = [a for a in m.get("stats/acceptance") or [] if a is not None and a == a]  # None/NaN: no MALA steps
     contraction = m.get("stats/contraction")
     row.update(
         {
             "nfe": m.get("nfe"),
+            "energy_evals": m.get("stats/energy_evals") or None,  # exact log_prob calls, outside NFE
             "nfe_budget": m.get("nfe_budget"),
             "seconds": m.get("seconds"),
             "status": m.get("status"),
@@ -97,6 +106,9 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
             "contraction": _round(contraction[-1][-1]) if contraction and contraction[-1] else None,
         }
     )
+    if cfg["model"]["name"] == "mog_flow_oracle" and row["nfe"]:
+        # each "NFE" of the exact flow map is a whole Heun solve of the PF-ODE: 2·steps − 1 oracle calls
+        row["oracle_calls"] = row["nfe"] * (2 * cfg["model"].get("ode_steps", 200) - 1)
     return row
 
 
@@ -311,7 +323,8 @@ def plot_quality_vs_nfe(rows: list[dict[str, Any]], path: Path, metric: str = "s
 
     groups: dict[tuple, list] = {}
     for r in rows:
-        if r.get(metric) is not None and r.get("nfe"):
+        # the flow-map oracle's one "NFE" is a whole ODE solve: it has no place on the NFE axis
+        if r.get(metric) is not None and r.get("nfe") and not r.get("oracle_calls"):
             groups.setdefault((r["model"], r["dim"]), []).append(r)
     if not groups:
         return

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rtkrun.report import (
     SAMPLE_COLUMNS,
+    SAMPLE_NOTE,
     find_runs,
     plot_quality_vs_nfe,
     sample_row,
@@ -90,7 +91,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     note = (
         f"Built by scripts/make_mog_tables.py from {root}; n = 2,000 samples per row (W2 and MMD on 1,000), "
-        "seed 0, 8 unequal components. NFE is counted. `baseline/…` is true vs true at the same n."
+        f"seed 0, 8 unequal components. {SAMPLE_NOTE}"
     )
     t1 = sort_rows([sample_row(p) for p in find_runs([root / "t1"])])
     write_table(t1, SAMPLE_COLUMNS, out / "T1", "T1: samplers at equal NFE, mixture of Gaussians", note)

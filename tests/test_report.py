@@ -62,8 +62,9 @@ def test_nfe_budget_fits_every_sampler():
                 "ddpm": s.get("steps"),
                 "pf_ode": 2 * s.get("steps", 0) - 1,
                 "dddm": s.get("levels", 0) * s.get("iterations", 0),
-                "rtk_mala": s.get("segments", 0) * (2 + s.get("inner_steps", 0)) + 1,
-                "rtk_uld": s.get("segments", 0) * (2 + s.get("inner_steps", 0)) + 1,
+                # the first x0_hat; per segment the score at the jump, the curvature probe and the steps
+                "rtk_mala": s.get("segments", 0) * (2 + s.get("warmup_steps", 0) + s.get("inner_steps", 0)) + 1,
+                "rtk_uld": s.get("segments", 0) * (2 + s.get("warmup_steps", 0) + s.get("inner_steps", 0)) + 1,
             }[name]
             assert expected <= nfe, (name, nfe, s)
             assert expected >= 0.75 * nfe, (name, nfe, s)

@@ -39,6 +39,20 @@ def _fixture_runs(root: Path) -> None:
                                    "model": {"name": "mog_oracle"}, "sampler": {"name": "rtk_mala", "energy": "exact"}},
         None,
     )  # fmt: skip
+    _run(
+        root, "mog/mala_exact", {"command": "sample", "seed": 0, "ckpt": None, "dataset": mog,
+                                  "model": {"name": "mog_oracle"}, "sampler": {"name": "rtk_mala", "energy": "exact"}},
+        {"status": "complete", "nfe": 111, "nfe_budget": 120, "seconds": 1.5, "dataset/dim": 2,
+         "stats/acceptance": [0.6, 0.5], "stats/energy_evals": 420,
+         "sample/sliced_w2": 0.11, "sample/baseline/sliced_w2": 0.1, "sample/mode_tv": 0.02, "sample/n": 2000},
+    )  # fmt: skip
+    _run(
+        root, "mog/flow_oracle", {"command": "sample", "seed": 0, "ckpt": None, "dataset": mog,
+                                   "model": {"name": "mog_flow_oracle", "ode_steps": 100},
+                                   "sampler": {"name": "dddm", "levels": 1, "iterations": 1}},
+        {"status": "complete", "nfe": 1, "nfe_budget": 1, "seconds": 2.0, "dataset/dim": 2,
+         "sample/sliced_w2": 0.12, "sample/baseline/sliced_w2": 0.1, "sample/n": 2000},
+    )  # fmt: skip
     qm9 = {"name": "qm9", "source": "qm9pack", "split": "train"}
     _run(
         root, "qm9/sample_dddm", {"command": "sample", "seed": 0, "ckpt": "train", "dataset": {"name": "mog"},

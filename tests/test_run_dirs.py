@@ -291,9 +291,9 @@ def test_an_rtk_budget_below_its_minimum_says_so_and_records_both(tmp_path):
     args = ["model=mog_oracle", "sampler=rtk_mala", "sampler.nfe=1", "n_samples=50", "batch_size=50", "hydra.run.dir=R"]
     proc = rtkrun_in_process("sample", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "needs at least 3 NFE" in (tmp_path / "R" / "sample.log").read_text()
+    assert "needs at least 2 NFE" in (tmp_path / "R" / "sample.log").read_text()
     m = metrics(tmp_path / "R")
-    assert m["nfe"] == 3 and m["nfe_budget"] == 1
+    assert m["nfe"] == 2 and m["nfe_budget"] == 1
 
 
 # -- 9: damaged checkpoints and sample files -------------------------------------------------------

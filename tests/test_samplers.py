@@ -150,7 +150,7 @@ def test_ddpm_step_is_the_gaussian_posterior():
     x_t = torch.tensor([[0.2, 0.4]], dtype=torch.float64).expand(n, 2)
     seen = []
     ddpm(constant, x_t, schedule, generator=noise, steps=2, t_max=0.6, t_min=0.3, callback=seen.append)
-    x_s = seen[0]["x"]  # the state after the first step, at s = 0.3
+    x_s = seen[0]["x_next"]  # the state after the first step, at s = 0.3
     a_t, s_t = (v.item() for v in schedule.alpha_sigma(torch.tensor(0.6, dtype=torch.float64)))
     a_s, s_s = (v.item() for v in schedule.alpha_sigma(torch.tensor(0.3, dtype=torch.float64)))
     a = a_t / a_s

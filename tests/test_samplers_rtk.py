@@ -20,8 +20,8 @@ from tests.test_samplers import MIXTURES
 EXACT_SETTINGS = {
     "pf_ode": {"steps": 100, "solver": "heun"},
     "dddm": {"levels": 1, "iterations": 1},
-    "rtk_mala": {"segments": 10, "inner_steps": 40, "energy": "exact"},
-    "rtk_uld": {"segments": 10, "inner_steps": 100, "step_size": 0.15},
+    "rtk_mala": {"energy": "exact"},  # the defaults: 5 segments of 10 warm-up and 12 MALA steps, 111 NFE
+    "rtk_uld": {},
 }
 
 
@@ -200,3 +200,198 @@ def test_rtk_mala_dddm_target_samples_the_proxy_energy():
     torch.testing.assert_close(out.x0.mean(0), mean, atol=0.02, rtol=0)
     torch.testing.assert_close(torch.cov(out.x0.T), cov, atol=0.03 * cov.abs().max().item(), rtol=0)
     assert 0.3 < out.stats["acceptance"][0] < 0.9
+
+
+def _gaussian_chains(n, d, seed=0):
+    target = GaussianTarget(torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64))
+    noise = SampleNoise.for_range(seed, 0, n, dtype=torch.float64)
+    y = noise.randn(d)  # start in the target: any drift away from it is the kernel's
+    return target, noise, y, target.score(y)
+
+
+def test_the_warmup_then_frozen_step_keeps_the_target_invariant():
+    from rtkrun.samplers.rtk import tune_mala
+
+    d, n = 16, 20_000
+    target, noise, y, score = _gaussian_chains(n, d)
+    y, score, tau, _ = tune_mala(target, y, score, torch.full((n,), 0.5, dtype=torch.float64), 6, 0.57, noise)
+    for _ in range(16):
+        y, score, accepted, _ = mala_step(target, y, score, tau, noise)
+    # E‖x‖²/d = 1 under N(0, I); its Monte Carlo error here is √(2/d)/√n ≈ 0.25 %
+    assert (y**2).sum(1).mean().item() / d == pytest.approx(1.0, abs=0.01)
+    assert 0.45 < accepted.double().mean().item() < 0.75  # and the search found a working τ
+    # The adaptation this replaced, a per-step update from each chain's own accept indicator,
+    # is not invariant: the same check sees it drift by about 5 %.
+    target, noise, y, score = _gaussian_chains(n, d, seed=1)
+    tau = torch.full((n,), 0.5, dtype=torch.float64)
+    for _ in range(300):
+        y, score, accepted, _ = mala_step(target, y, score, tau, noise)
+        tau = tau * torch.exp(0.5 * (accepted.double() - 0.57))
+    assert (y**2).sum(1).mean().item() / d > 1.025
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+def test_the_step_size_search_corrects_a_guess_off_by_a_factor_of_eight(scale):
+    from rtkrun.samplers.rtk import StepSizeSearch, acceptance_probability
+
+    d, n = 16, 2_000
+    target = GaussianTarget(torch.zeros(d, dtype=torch.float64), torch.full((d,), scale, dtype=torch.float64))
+    noise = SampleNoise.for_range(0, 0, n, dtype=torch.float64)
+    y = scale**0.5 * noise.randn(d)
+    score = target.score(y)
+    optimal = 0.65 * scale  # τ·L at 0.57 acceptance is about 1.65·d^(−1/3) (Roberts & Rosenthal 1998)
+    for guess in (optimal / 8, optimal * 8):
+        search = StepSizeSearch(torch.full((n,), guess, dtype=torch.float64), 8, 0.57)
+        for _ in range(8):
+            y, score, _, log_ratio = mala_step(target, y, score, search.tau, noise)
+            search.update(acceptance_probability(log_ratio))
+        tau = search.frozen()
+        accepted = [mala_step(target, y, score, tau, noise)[2].double().mean().item() for _ in range(5)]
+        assert 0.4 < sum(accepted) / 5 < 0.8, (guess, tau.median().item(), accepted)
+        assert 0.25 < tau.median().item() / optimal < 4
+
+
+def test_curvature_guesses_against_the_exact_hessian_of_the_mixture():
+    from rtkrun.samplers.rtk import curvature_guess
+
+    mixture = GaussianMixture(torch.tensor([[-2.0] * 8, [2.0] * 8], dtype=torch.float64), 0.3)
+    schedule = CosineSchedule()
+    oracle = MogOracle(mixture, schedule)
+    n = 4_000
+    noise = SampleNoise.for_range(0, 0, n, dtype=torch.float64)
+    t, s = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
+    a_s, s_s = schedule.alpha_sigma(s)
+    x0 = mixture.sample(n, torch.Generator().manual_seed(0))
+    y = a_s * x0 + s_s * noise.randn(8)
+    # the exact −∇²log p_s = (I − α J)/σ² from the closed-form Jacobian of the denoiser
+    jac = mixture.denoise_jacobian(y, a_s, s_s)
+    hessian = (torch.eye(8, dtype=torch.float64) - a_s * jac) / s_s**2
+    top = torch.linalg.eigvalsh(hessian)[:, -1]
+    mean = torch.diagonal(hessian, dim1=1, dim2=2).mean(1)
+    net = CountingDenoiser(oracle)
+    target = SegmentTarget(net, schedule, y, t, s, energy="exact")
+    score = target.score(y)
+    extra = target.transition_curvature
+    model = curvature_guess(target, y, score, "model", noise) - extra
+    torch.testing.assert_close(model, top, rtol=1e-9, atol=0)
+    nfe = net.nfe
+    probe = curvature_guess(target, y, score, "probe", noise) - extra
+    assert net.nfe == nfe + 1  # the probe costs one network evaluation
+    # one Rademacher probe: unbiased for the mean eigenvalue, exact where J ∝ I (inside a mode)
+    assert probe.mean().item() == pytest.approx(mean.mean().item(), rel=0.03)
+    assert ((probe - mean).abs() <= 0.05 * mean).float().mean() > 0.9
+    bound = curvature_guess(target, y, score, "bound", noise) - extra
+    assert torch.all(bound >= top)
+
+
+def _counted(name, settings, model, dim=2, n=16):
+    schedule = CosineSchedule()
+    noise = SampleNoise.for_range(0, 0, n)
+    return SAMPLERS[name][1](model, noise.randn(dim), schedule, generator=noise, **settings)
+
+
+@pytest.mark.parametrize("name", ["rtk_mala", "rtk_uld"])
+def test_rtk_spends_one_evaluation_per_step_and_reuses_every_score(name):
+    dataset = MogDataset(MogConfig(**{**MIXTURES[2].__dict__, "train_size": 1}))
+    oracle = MogOracle(dataset.mixture, CosineSchedule())
+    calls = []
+
+    def recorded(x, t, z=None):
+        calls.append((x.clone(), t.clone()))
+        return oracle(x, t, z)
+
+    states = []
+    settings = {"segments": 3, "warmup_steps": 2, "inner_steps": 4, "curvature": "probe"}
+    result = _counted(name, {**settings, "callback": lambda info: states.append(info["state"])}, recorded)
+    # the first x0_hat, then per segment the score at the jump, the probe and 6 steps
+    assert result.nfe == len(calls) == 1 + 3 * (1 + 1 + 6)
+    # the output is the denoised final state, from a score already computed (Tweedie)
+    t_min = torch.full((16,), 1e-3)
+    torch.testing.assert_close(result.x0, oracle(states[-1], t_min), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("energy", ["exact", "trapezoid", "gauss_legendre"])
+@pytest.mark.parametrize("curvature", ["probe", "model", "auto"])
+@pytest.mark.parametrize("nfe", [1, 2, 3, 10, 20, 50, 120, 500])
+def test_rtk_budgets_are_kept_and_spent_on_steps(nfe, curvature, energy):
+    from rtkrun.samplers import settings_for
+    from rtkrun.samplers.rtk_mala import RTKMALAConfig
+
+    dataset = MogDataset(MogConfig(**{**MIXTURES[2].__dict__, "train_size": 1}))
+    oracle = MogOracle(dataset.mixture, CosineSchedule())
+    settings = settings_for(RTKMALAConfig(nfe=nfe, curvature=curvature, energy=energy))
+    counted = _counted("rtk_mala", settings, oracle, n=4).nfe
+    assert counted <= max(nfe, 2)
+    per_step = 4 if energy == "gauss_legendre" else 1
+    steps = settings["warmup_steps"] + settings["inner_steps"]
+    if nfe >= 10:  # a budget of 10 is one segment of 7 MALA steps, never DDIM-4 in disguise
+        assert steps >= 6 or per_step > 1
+        assert nfe - counted < settings["segments"] * (per_step + 1) + per_step  # little left unspent
+    if nfe == 10 and per_step == 1:
+        assert settings["segments"] == 1 and steps >= 6
+
+
+def test_exact_energy_evaluations_are_counted_apart_from_nfe():
+    dataset = MogDataset(MogConfig(**{**MIXTURES[2].__dict__, "train_size": 1}))
+    oracle = MogOracle(dataset.mixture, CosineSchedule())
+    settings = {"segments": 2, "warmup_steps": 1, "inner_steps": 3, "energy": "exact", "curvature": "model"}
+    result = _counted("rtk_mala", settings, oracle)
+    assert result.nfe == 1 + 2 * (1 + 4)
+    assert result.stats["energy_evals"] == 2 * 2 * 4  # two log_prob calls per MALA step
+    assert len(result.stats["acceptance"]) == len(result.stats["step_size"]) == 2
+
+
+def test_batch_stats_cover_every_batch():
+    from rtkrun.samplers.base import merge_batch_stats
+
+    merged = merge_batch_stats(
+        [
+            (30, {"acceptance": [0.2, 0.5], "energy_evals": 8, "energy": "exact", "residual": [[1.0, 0.5]]}),
+            (10, {"acceptance": [0.6, 0.9], "energy_evals": 8, "energy": "exact", "residual": [[3.0, 0.5]]}),
+        ]
+    )
+    assert merged["acceptance"] == pytest.approx([0.3, 0.6])
+    assert merged["residual"] == [[pytest.approx(1.5), 0.5]]
+    assert merged["energy_evals"] == 8 and isinstance(merged["energy_evals"], int)
+    assert merged["energy"] == "exact"
+
+
+CALLBACK_SETTINGS = {
+    "ddpm": {"steps": 4},
+    "ddim": {"steps": 4},
+    "pf_ode": {"steps": 3, "solver": "heun"},
+    "dddm": {"levels": 2, "iterations": 2, "init": "noise"},
+    "rtk_mala": {"segments": 2, "warmup_steps": 2, "inner_steps": 2, "curvature": "probe"},
+    "rtk_uld": {"segments": 2, "warmup_steps": 1, "inner_steps": 2},
+}
+
+
+@pytest.mark.parametrize("name", [*CALLBACK_SETTINGS, "rtk_mala_dddm"])
+def test_every_callback_point_is_a_point_the_network_was_called_at(name):
+    # Diagnostics evaluate the network at the callback's (x, t[, z]): those must be points a
+    # sampler visits, at their own time, never a moved state paired with the time before it.
+    dataset = MogDataset(MogConfig(**{**MIXTURES[2].__dict__, "train_size": 1}))
+    oracle = MogOracle(dataset.mixture, CosineSchedule())
+    calls, seen = [], []
+
+    def recorded(x, t, z=None):
+        out = oracle(x, t)
+        calls.append((x.clone(), float(t.reshape(-1)[0]), None if z is None else z.clone(), out.clone()))
+        return out
+
+    settings = CALLBACK_SETTINGS.get(name, {"target": "dddm", "segments": 2, "warmup_steps": 1, "inner_steps": 2})
+    sampler = "rtk_mala" if name == "rtk_mala_dddm" else name
+    _counted(sampler, {**settings, "callback": seen.append}, recorded, n=6)
+    assert seen
+    for info in seen:
+        t = float(info["t"])
+        matches = [
+            c
+            for c in calls
+            if c[1] == pytest.approx(t, abs=1e-6)
+            and torch.equal(c[0], info["x"])
+            and ("z" not in info or (c[2] is not None and torch.equal(c[2], info["z"])))
+        ]
+        assert matches, f"{name}: step {info['step']} reports a point the network never read"
+        if "x0_hat" in info:
+            assert any(torch.equal(c[3], info["x0_hat"]) for c in matches)

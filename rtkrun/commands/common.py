@@ -21,6 +21,7 @@ from rtkrun.metrics import images as image_metrics
 from rtkrun.metrics import mog as mog_metrics
 from rtkrun.models import MODELS, needs_training
 from rtkrun.samplers import SAMPLERS, settings_for
+from rtkrun.samplers.base import merge_batch_stats
 from rtkrun.seeding import SampleNoise
 
 log = logging.getLogger("rtkrun")
@@ -121,7 +122,7 @@ def draw_samples(
     then holds the node masks. ``compile_mode`` other than none compiles the network once."""
     fn = SAMPLERS[sampler_cfg.name][1]
     settings = settings_for(sampler_cfg)
-    chunks, masks, nfe, stats = [], [], 0, {}
+    chunks, masks, nfe, batch_stats = [], [], 0, []
     start_time = time.time()
     model.eval()
     if compile_mode != "none":
@@ -133,11 +134,13 @@ def draw_samples(
             masks.append(mask.cpu())
         result = fn(denoiser, x_T, schedule, generator=noise, **settings)
         chunks.append(result.x0.detach().cpu())
-        nfe, stats = result.nfe, result.stats
+        nfe = result.nfe
+        batch_stats.append((x_T.shape[0], result.stats))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - start_time
     extras = {"node_mask": torch.cat(masks)} if masks else {}
+    stats = merge_batch_stats(batch_stats)
     return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats, "settings": settings, "extras": extras}
 
 
@@ -185,6 +188,15 @@ def describe(scores: dict[str, Any]) -> str:
         f"sliced W2 {scores['sliced_w2']:.4g} (true vs true {scores['baseline/sliced_w2']:.4g}), "
         f"mode TV {scores['mode_tv']:.3g}"
     )
+
+
+RECORDED_STATS = ("acceptance", "step_size", "energy_evals", "contraction", "residual")
+
+
+def recorded_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The sampler stats metrics.json keeps: per-segment acceptance and step size (RTK), energy
+    evaluations outside the NFE count (exact-energy RTK-MALA), DDDM residuals and contraction."""
+    return {k: v for k, v in stats.items() if k in RECORDED_STATS}
 
 
 def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from rtkrun import runs as run_files
 from rtkrun.errors import RtkrunError
 from rtkrun.report import (
     SAMPLE_COLUMNS,
+    SAMPLE_NOTE,
     T3_COLUMNS,
     T4_COLUMNS,
     T5_COLUMNS,
@@ -87,7 +88,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
     written: dict[str, Any] = {}
     if groups["T1_T2"]:
         rows = [sample_row(p) for p in groups["T1_T2"]]
-        write_table(rows, SAMPLE_COLUMNS, out / "T1_T2", "T1/T2: samplers on the mixture of Gaussians")
+        write_table(rows, SAMPLE_COLUMNS, out / "T1_T2", "T1/T2: samplers on the mixture of Gaussians", SAMPLE_NOTE)
         plot_quality_vs_nfe([r for r in rows if r.get("status") == "complete"], out / "T1_T2.png")
         written["T1_T2"] = len(rows)
     if groups["T3"]:

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from rtkrun import runs
-from rtkrun.commands.common import describe, draw_samples, flatten, load_trained_parts, resolve_device, score
+from rtkrun.commands.common import (
+    describe,
+    draw_samples,
+    flatten,
+    load_trained_parts,
+    recorded_stats,
+    resolve_device,
+    score,
+)
 from rtkrun.rundir import provenance
 from rtkrun.samples_file import save_samples
 
@@ -55,7 +63,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         "dataset/name": run.dataset.name,
         "dataset/dim": math.prod(dataset.sample_shape),
         **flatten("settings", info["settings"]),
-        **flatten("stats", {k: v for k, v in info["stats"].items() if k in ("acceptance", "contraction", "residual")}),
+        **flatten("stats", recorded_stats(info["stats"])),
         **flatten("sample", scores),
     }
     runs.write_json(run_dir / "metrics.json", metrics)

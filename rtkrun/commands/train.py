@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rtkrun import distributed, runs
-from rtkrun.commands.common import build_parts, describe, draw_samples, flatten, resolve_device, score
+from rtkrun.commands.common import build_parts, describe, draw_samples, flatten, recorded_stats, resolve_device, score
 from rtkrun.config import digest, to_dict
 from rtkrun.loggers import NullTracker, make_tracker
 from rtkrun.metrics.mog import mean_recovery
@@ -130,7 +130,8 @@ def train(run, run_dir: Path) -> dict[str, Any]:
             extras=info["extras"],
         )
         tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=describe(scores))
-        found = {**scores, "nfe": info["nfe"], "seconds": info["seconds"], "config_sha1": wanted}
+        found = {**scores, **flatten("stats", recorded_stats(info["stats"]))}
+        found.update(nfe=info["nfe"], seconds=info["seconds"], config_sha1=wanted)
         metrics.update(flatten(f"eval/{label}", found))
         runs.write_json(metrics_path, metrics)  # a kill in the next sampler keeps this one
         log.info("%s: %s, NFE %d, %.2f s", label, describe(scores), info["nfe"], info["seconds"])

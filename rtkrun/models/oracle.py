@@ -44,6 +44,14 @@ class MogOracle(nn.Module):
         alpha, sigma = self.schedule.alpha_sigma(t.to(x_t.dtype))
         return self._mixture(x_t).score(x_t, alpha, sigma)
 
+    def hessian_scale(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The largest eigenvalue of −∇²log p_t at each x_t, shape (B,): the RTK samplers' step
+        sizes start from it. −∇²log p_t = I/v − (α²/v²) Cov_r(μ) with v = α²s² + σ² (derived from
+        ``GaussianMixture.denoise_jacobian`` by Tweedie); Cov_r(μ) ≽ 0 has rank < K, so the top
+        eigenvalue is 1/v, exactly when d ≥ K and as an upper bound otherwise."""
+        alpha, sigma = self.schedule.alpha_sigma(t.to(x_t.dtype))
+        return (1.0 / (alpha**2 * self.mixture.std**2 + sigma**2)).expand(x_t.shape[0])
+
 
 def build(cfg: MogOracleConfig, dataset, schedule) -> MogOracle:
     return MogOracle(dataset.mixture, schedule)

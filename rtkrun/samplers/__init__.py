@@ -26,15 +26,32 @@ SAMPLERS = {
 }
 
 
+RTK_MIN_STEPS = 6  # MALA/BAOAB steps a segment needs before another segment is worth its cost
+
+
 def _rtk_budget(s: dict[str, Any], nfe: int) -> dict[str, Any]:
-    # NFE = segments·(2 + c·inner_steps) + 1: a DDIM jump and a score per segment, c per inner
-    # step (1, or 1 + gl_nodes with Gauss–Legendre energies), and the final denoise.
+    """Segments and steps for an RTK sampler within ``nfe``, favouring steps over segments.
+
+    NFE = 1 + segments·(1 + probe + c·(warm-up + inner steps)): the first x0_hat, then per
+    segment the score at the DDIM jump, the curvature probe (one evaluation, unless
+    ``curvature`` is ``model`` or ``bound``; ``auto`` counts it, so a model with an exact
+    Hessian scale spends one fewer per segment than the budget) and c evaluations per step
+    (1, or 1 + gl_nodes for Gauss–Legendre energies). The last x0_hat and the x0_hat that
+    starts each segment come from scores already computed. A segment gives half its steps to
+    the warm-up, at most ``warmup_steps``.
+    """
     per_step = 1 + s["gl_nodes"] if s.get("energy") == "gauss_legendre" else 1
-    if nfe < 3:  # the budget is a promise: say where it cannot be kept (the counted NFE is recorded)
-        log.warning("an RTK sampler needs at least 3 NFE (a DDIM jump, a score, the final denoise); nfe=%d runs 3", nfe)
-    segments = max(1, min(s["segments"], (nfe - 1) // 2))
-    inner = max(0, ((nfe - 1) // segments - 2) // per_step)
-    return {**s, "segment_length": None, "segments": segments, "inner_steps": inner}
+    probe = 0 if s["curvature"] in ("model", "bound") else 1
+    if nfe < 2:  # the budget is a promise: say where it cannot be kept (the counted NFE is recorded)
+        log.warning(
+            "an RTK sampler needs at least 2 NFE (the first x0_hat and a score after the jump); nfe=%d runs 2", nfe
+        )
+    segments = max(1, min(s["segments"], (nfe - 1) // (1 + probe + per_step * RTK_MIN_STEPS)))
+    steps = ((nfe - 1) // segments - 1 - probe) // per_step
+    if steps <= 0:  # no room for a step: the probe would be wasted too
+        return {**s, "segment_length": None, "segments": segments, "warmup_steps": 0, "inner_steps": 0}
+    warmup = min(s["warmup_steps"], steps // 2)
+    return {**s, "segment_length": None, "segments": segments, "warmup_steps": warmup, "inner_steps": steps - warmup}
 
 
 def _budget(name: str, s: dict[str, Any], nfe: int) -> dict[str, Any]:

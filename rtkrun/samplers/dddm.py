@@ -86,7 +86,7 @@ def dddm(
                 z_next = z_next.clamp(-clip, clip)
             res = _per_sample_norm(z_next - z)
             level_res.append(res)
-            z = z_next
+            # the network read (x, t, z) and returned z_next: report the estimate it read
             report(
                 callback,
                 step=k * iterations + m,
@@ -95,10 +95,11 @@ def dddm(
                 t=ts[k],
                 x=x,
                 z=z,
-                x0_hat=z,
+                x0_hat=z_next,
                 residual=res,
                 nfe=net.nfe,
             )
+            z = z_next
         residuals.append(torch.stack(level_res))
         if k == levels - 1:
             x = z

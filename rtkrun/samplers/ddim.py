@@ -75,12 +75,14 @@ def ddim(
     for i in range(steps):
         x0_hat = net(x, ts[i].to(x.dtype))
         if i == steps - 1:
-            x = x0_hat
+            x_next = x0_hat
         else:
             keep, mix, noise_scale = moves[i]
             x_next = torch.add(x0_hat * mix, x, alpha=keep)  # two kernels per step; dtypes promote as before
             if eta > 0:
                 x_next.add_(generator.randn(*x.shape[1:]).to(x_next), alpha=noise_scale)
-            x = x_next.to(x_T.dtype)
-        report(callback, step=i, t=ts[i], x=x, x0_hat=x0_hat, nfe=net.nfe)
+            x_next = x_next.to(x_T.dtype)
+        # the point the network read (x at t_i), what it returned, and where the step went
+        report(callback, step=i, t=ts[i], x=x, x0_hat=x0_hat, x_next=x_next, nfe=net.nfe)
+        x = x_next
     return SampleResult(x0=x, nfe=net.nfe, stats={"grid": grid, "steps": steps, "eta": eta})

@@ -61,13 +61,13 @@ def pf_ode(
     for i in range(steps):
         x0_hat = net(x, ts[i].to(x.dtype))
         if i == steps - 1:
-            x = x0_hat
+            x_next = x0_hat
         else:
             coeffs = (alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1])
-            x_euler = ddim_move(x, x0_hat, *coeffs)  # u_s = u_t + (r_s − r_t)·x0_hat
+            x_next = ddim_move(x, x0_hat, *coeffs)  # Euler: u_s = u_t + (r_s − r_t)·x0_hat
             if solver == "heun":
-                x = ddim_move(x, 0.5 * (x0_hat + net(x_euler, ts[i + 1].to(x.dtype))), *coeffs)
-            else:
-                x = x_euler
-        report(callback, step=i, t=ts[i], x=x, x0_hat=x0_hat, nfe=net.nfe)
+                x_next = ddim_move(x, 0.5 * (x0_hat + net(x_next, ts[i + 1].to(x.dtype))), *coeffs)
+        # the step's first evaluation point (x at t_i), its x0_hat, and where the step went
+        report(callback, step=i, t=ts[i], x=x, x0_hat=x0_hat, x_next=x_next, nfe=net.nfe)
+        x = x_next
     return SampleResult(x0=x, nfe=net.nfe, stats={"solver": solver, "steps": steps})

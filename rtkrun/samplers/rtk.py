@@ -1,10 +1,12 @@
-"""Reverse transition kernels (Huang et al. 2024, arXiv 2405.16387): segment targets and the
-inner Markov kernels (MALA, underdamped Langevin) shared by ``rtk_mala`` and ``rtk_uld``.
+"""Reverse transition kernels (Huang et al. 2024, arXiv 2405.16387): segment targets, the inner
+Markov kernels (MALA, underdamped Langevin) and the step-size warm-up shared by ``rtk_mala``
+and ``rtk_uld``.
 
 For a segment s < t with a = α_t/α_s and b = σ_t² − a²σ_s² (x_t | x_s ~ N(a x_s, b I)) the
 target for x_s is π(y) ∝ p_s(y)·exp(−‖x_t − a y‖²/(2b)) with ∇log π(y) = score_s(y) +
-a(x_t − a y)/b (REFERENCE.md §1.3). The quadratic adds curvature a²/b, which sets the scale of
-the step sizes below. The DDDM target π(z) ∝ exp(−‖z − f(z, x_t, t)‖²/(2σ²)) lives here too.
+a(x_t − a y)/b (docs/science.md). The quadratic adds curvature a²/b; the rest of −∇²log π is
+the curvature of −log p_s, which the warm-up estimates (``curvature_guess``) and then measures
+through the acceptance rate (``tune_mala``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import math
 import numpy as np
 import torch
 
-from rtkrun.diffusion.param import score_from_x0
+from rtkrun.diffusion.param import score_from_x0, x0_from_score
 from rtkrun.samplers.base import ddim_move
+
+CURVATURE_GUESSES = ("auto", "model", "probe", "bound")
 
 
 def _sum(v: torch.Tensor) -> torch.Tensor:
@@ -30,8 +34,9 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class SegmentTarget:
     """π(y) ∝ p_s(y)·exp(−‖x_t − a y‖²/(2b)) for one segment, with a choice of energy estimate.
 
-    ``energy``: ``exact`` (the model's ``log_prob``), ``trapezoid`` (½(∇log p(y) + ∇log p(y'))·Δ,
-    no extra NFE) or ``gauss_legendre`` (n extra evaluations on the segment y → y').
+    ``energy``: ``exact`` (the model's ``log_prob``, counted in ``energy_evals``, not NFE),
+    ``trapezoid`` (½(∇log p(y) + ∇log p(y'))·Δ, no extra NFE) or ``gauss_legendre`` (n extra
+    evaluations on the segment y → y').
     """
 
     def __init__(self, net, schedule, x_t, t, s, energy: str = "trapezoid", gl_nodes: int = 3) -> None:
@@ -48,14 +53,23 @@ class SegmentTarget:
             self.gl = [(0.5 * (u + 1.0), 0.5 * w) for u, w in zip(nodes.tolist(), weights.tolist())]
 
     @property
-    def curvature(self) -> torch.Tensor:
-        """a²/b + 1/σ_s²: an upper scale of −∇²log π. The transition term adds a²/b, and
-        −∇²log p_s ≼ I/σ_s² because p_s is the law of α_s x0 plus N(0, σ_s² I) noise (derived).
-        a²/b alone is 0 on the first segment of a schedule with α(t_max) = 0."""
-        return self.a**2 / self.b + 1.0 / self.sigma_s.to(self.b.dtype) ** 2
+    def transition_curvature(self) -> torch.Tensor:
+        """a²/b: the curvature the transition term adds (0 on a first segment with α(t_max) = 0)."""
+        return self.a**2 / self.b
+
+    @property
+    def curvature_bound(self) -> torch.Tensor:
+        """a²/b + 1/σ_s², an upper bound of −∇²log π: −∇²log p_s ≼ I/σ_s² because p_s is the law
+        of α_s x0 plus N(0, σ_s² I) noise (derived). Near s → 0 it exceeds the data's own
+        curvature by orders of magnitude (1/σ_s² against 1/s² for a component of width s)."""
+        return self.transition_curvature + 1.0 / self.sigma_s.to(self.b.dtype) ** 2
 
     def score(self, y: torch.Tensor) -> torch.Tensor:
         return score_from_x0(y, self.net(y, self.s), self.alpha_s, self.sigma_s).to(y.dtype)
+
+    def denoised(self, y: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x_s = y] from the score at y by Tweedie: no network evaluation."""
+        return x0_from_score(y, score, self.alpha_s, self.sigma_s).to(y.dtype)
 
     def grad_log_pi(self, y: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         return score + self.a * (self.x_t - self.a * y) / self.b
@@ -72,6 +86,35 @@ class SegmentTarget:
         if self.energy == "trapezoid":
             return 0.5 * _sum((score + score_new) * delta)
         return sum(w * _sum(self.score(y + u * delta) * delta) for u, w in self.gl)
+
+
+def curvature_guess(target: SegmentTarget, y: torch.Tensor, score: torch.Tensor, how: str, generator) -> torch.Tensor:
+    """A per-sample scale (B,) of −∇²log π near y, the start of the step-size search.
+
+    ``model``: the model's own ``hessian_scale(y, s)`` (the MoG oracle's is exact). ``probe``:
+    one Hutchinson probe of the denoiser Jacobian J = ∂x0_hat/∂y by a forward difference (one
+    NFE, any network, no autograd); Tweedie gives −∇²log p_s = (I − α_s J)/σ_s², whose mean
+    eigenvalue is (1 − α_s uᵀJu/d)/σ_s² for a Rademacher u. ``bound``: a²/b + 1/σ_s².
+    ``auto``: ``model`` where the model has ``hessian_scale``, else ``probe``.
+    """
+    if how == "auto":
+        how = "model" if hasattr(target.net, "hessian_scale") else "probe"
+    if how == "bound":
+        return target.curvature_bound.expand(y.shape[0]).to(y.dtype)
+    if how == "model":
+        data = target.net.hessian_scale(y, target.s.expand(y.shape[0]))
+    else:
+        alpha, sigma = target.alpha_s.to(y.dtype), target.sigma_s.to(y.dtype)
+        u = torch.sign(generator.randn(*y.shape[1:]).to(y.dtype))
+        u = torch.where(u == 0, torch.ones_like(u), u)
+        eps = 1e-2 * sigma.clamp_min(1e-3)  # a step well inside the scale σ_s on which x0_hat bends
+        x0 = target.denoised(y, score)
+        jvp = (target.net(y + eps * u, target.s) - x0) / eps
+        d = y[0].numel()
+        data = (1 - alpha * _sum(u * jvp) / d) / sigma**2
+    # A region between modes has negative curvature; the search needs a positive scale.
+    floor = 1e-3 / (target.alpha_s**2 + target.sigma_s**2).to(y.dtype)
+    return target.transition_curvature.to(y.dtype) + data.to(y.dtype).clamp_min(floor)
 
 
 def mala_step(target: SegmentTarget, y, score, tau, generator, center=None, radius=None):
@@ -101,6 +144,91 @@ def mala_step(target: SegmentTarget, y, score, tau, generator, center=None, radi
         accept &= (proposal - center).flatten(1).norm(dim=1) <= radius
     keep = _bcast(accept, y)
     return torch.where(keep, proposal, y), torch.where(keep, score_new, score), accept, log_ratio
+
+
+def acceptance_probability(log_ratio: torch.Tensor) -> torch.Tensor:
+    """min(1, exp(log ratio)) with NaN (an overflowing proposal) as 0."""
+    return torch.nan_to_num(log_ratio, nan=-math.inf).clamp_max(0.0).exp()
+
+
+class StepSizeSearch:
+    """Per-sample search for the step size whose acceptance probability is ``target_accept``,
+    over ``steps`` updates, then frozen.
+
+    The first half of the updates doubles or halves τ (it can move by orders of magnitude from a
+    poor guess); the second half is the dual averaging of Hoffman & Gelman (2014, Alg. 5, with
+    γ = 0.05, t₀ = 10, κ = 0.75 and μ = the log τ the doubling reached) on the acceptance
+    probability min(1, ratio), which is less noisy than the accept indicator. ``frozen`` is the
+    averaged iterate. Per sample, so no sample's τ depends on the rest of its batch.
+    """
+
+    def __init__(self, tau: torch.Tensor, steps: int, target_accept: float) -> None:
+        self.log_tau = tau.log()
+        self.doubling = (steps + 1) // 2
+        self.target_accept = target_accept
+        self.mu, self.h_bar, self.log_tau_bar, self.updates = (
+            self.log_tau,
+            torch.zeros_like(self.log_tau),
+            self.log_tau,
+            0,
+        )
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.exp()
+
+    def update(self, p: torch.Tensor) -> None:
+        self.updates += 1
+        if self.updates <= self.doubling:
+            self.log_tau = self.log_tau + math.log(2.0) * torch.where(p > self.target_accept, 1.0, -1.0).to(p)
+            self.mu = self.log_tau_bar = self.log_tau
+            return
+        m = self.updates - self.doubling
+        self.h_bar = (1 - 1 / (m + 10)) * self.h_bar + (self.target_accept - p) / (m + 10)
+        self.log_tau = self.mu - math.sqrt(m) / 0.05 * self.h_bar
+        weight = m**-0.75
+        self.log_tau_bar = weight * self.log_tau + (1 - weight) * self.log_tau_bar
+
+    def frozen(self) -> torch.Tensor:
+        return self.log_tau_bar.exp()
+
+
+def tune_mala(target, y, score, tau, steps: int, target_accept: float, generator, callback=None, segment=0):
+    """The warm-up of one segment: ``steps`` MALA steps that move the chain while a
+    :class:`StepSizeSearch` tunes τ. Returns the chain, its score, the τ to freeze for the rest
+    of the segment and the per-step acceptance probabilities. Freezing is what keeps the inner
+    steps that follow π-invariant: adapting τ on every step from the sample's own accept
+    indicator does not (on N(0, I₁₆) it inflates E‖x‖²/d by 5 %)."""
+    search, probabilities = StepSizeSearch(tau, steps, target_accept), []
+    for i in range(steps):
+        y, score, accepted, log_ratio = mala_step(target, y, score, search.tau, generator)
+        p = acceptance_probability(log_ratio)
+        probabilities.append(p)
+        search.update(p)
+        report_step(callback, target, segment, i, y, accepted, warmup=True)
+    return y, score, search.frozen(), probabilities
+
+
+def report_step(callback, target: SegmentTarget, segment: int, inner: int, y, accepted=None, **extra) -> None:
+    """The callback after one inner step: the point the network last read (``x`` at ``t``) and
+    what it returned, plus the chain's state after the step (``state``)."""
+    if callback is None:
+        return
+    x, t, x0_hat = target.net.last_call
+    callback(
+        {
+            "step": target.net.nfe - 1,
+            "segment": segment,
+            "inner": inner,
+            "t": t.reshape(-1)[0],
+            "x": x,
+            "x0_hat": x0_hat,
+            "state": y,
+            "accepted": accepted,
+            "nfe": target.net.nfe,
+            **extra,
+        }
+    )
 
 
 def baoab_step(target: SegmentTarget, y, v, score, h, friction, generator):
@@ -140,25 +268,26 @@ def segment_times(
     return times
 
 
-def run_segments(net, x_T, schedule, times, generator, callback, kernel, energy="trapezoid", gl_nodes=3):
+def run_segments(net, x_T, schedule, times, callback, kernel, energy="trapezoid", gl_nodes=3):
     """Huang et al. Alg. 1: for each segment t → s, initialise x_s by the DDIM jump from x_t, run
-    ``kernel(target, y, score, segment)`` on the segment target, and finish with the denoised
-    estimate at t_min. Returns (x0, per-segment kernel stats, energy evaluations)."""
+    ``kernel(target, y, score, segment, callback)`` on the segment target, and finish with the
+    denoised estimate at t_min. Every score is computed once: the x0_hat that starts a segment,
+    and the final one, follow by Tweedie from the score the previous segment ended with, so
+    NFE = 1 + Σ over segments of (1 + the kernel's evaluations).
+    Returns (x0, per-segment kernel stats, energy evaluations)."""
     x = x_T
     times = times.to(x_T.device)
     alphas, sigmas = schedule.alpha_sigma(times)
     seg_stats, energy_evals = [], 0
+    x0_hat = net(x, times[0].to(x.dtype))
     for k in range(len(times) - 1):
         t, s = times[k], times[k + 1]
-        x0_hat = net(x, t.to(x.dtype))
         y = ddim_move(x, x0_hat, alphas[k], sigmas[k], alphas[k + 1], sigmas[k + 1])  # the DDIM jump
         target = SegmentTarget(net, schedule, x, t, s, energy=energy, gl_nodes=gl_nodes)
         score = target.score(y)
-        y, stats = kernel(target, y, score, k, callback)
+        report_step(callback, target, k, -1, y)
+        y, score, stats = kernel(target, y, score, k, callback)
         seg_stats.append(stats)
         energy_evals += target.energy_evals
-        x = y
-    x0 = net(x, times[-1].to(x.dtype))
-    if callback is not None:
-        callback({"step": net.nfe - 1, "t": times[-1], "x": x0, "x0_hat": x0, "nfe": net.nfe})
-    return x0, seg_stats, energy_evals
+        x, x0_hat = y, target.denoised(y, score)
+    return x0_hat, seg_stats, energy_evals

@@ -1,12 +1,12 @@
 """RTK-MALA (Huang et al. 2024, Alg. 1 with the MALA inner sampler of Alg. 2).
 
-Segments are given by a count or a length η in t or log-SNR. Each segment target is sampled by
-``inner_steps`` MALA steps started at the DDIM jump. The step size τ is per sample and per
-segment: it starts at ``step_size`` over the target's curvature scale a²/b + 1/σ_s² and,
-with ``adapt``, moves by Robbins–Monro on the sample's own accept indicator toward
-``target_accept`` (a fixed τ stalls near t → 0, REFERENCE.md §1.3); per-sample adaptation keeps
-sample i independent of the rest of its batch. ``target=dddm`` instead samples, at K levels, the
-DDDM proxy π(z) ∝ exp(−‖z − f(z, x_t, t)‖²/(2σ²)) with exact energy and a VJP gradient.
+Segments are given by a count or a length η in t or log-SNR. Each segment target is sampled
+from the DDIM jump by MALA in two phases: ``warmup_steps`` steps that search, per sample, for
+the step size τ reaching ``target_accept`` (``rtk.StepSizeSearch``, started from ``step_size``
+over a curvature guess, ``rtk.curvature_guess``), then ``inner_steps`` steps at that τ, frozen,
+so they leave the segment target invariant. With ``adapt=false`` there is no search: every
+step uses τ = step_size / guess. ``target=dddm`` instead samples, at K levels, the DDDM proxy
+π(z) ∝ exp(−‖z − f(z, x_t, t)‖²/(2σ²)) with exact energy and a VJP gradient.
 """
 
 from __future__ import annotations
@@ -19,7 +19,19 @@ from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, ddim_move, report
-from rtkrun.samplers.rtk import _bcast, _sum, mala_step, run_segments, segment_times
+from rtkrun.samplers.rtk import (
+    CURVATURE_GUESSES,
+    StepSizeSearch,
+    _bcast,
+    _sum,
+    acceptance_probability,
+    curvature_guess,
+    mala_step,
+    report_step,
+    run_segments,
+    segment_times,
+    tune_mala,
+)
 from rtkrun.seeding import SampleNoise
 
 
@@ -29,11 +41,12 @@ class RTKMALAConfig:
     segments: int = 5
     segment_length: float | None = None  # η: overrides ``segments``
     segment_space: str = "t"  # t | logsnr
-    inner_steps: int = 20
-    step_size: float = 0.5  # τ₀ in units of 1/(a²/b + 1/σ_s²) (score target) or σ² (dddm target)
-    adapt: bool = True
+    warmup_steps: int = 10  # per segment: the step-size search (counted in NFE)
+    inner_steps: int = 12  # per segment: MALA at the frozen step size
+    step_size: float = 0.5  # τ₀ in units of 1/curvature guess (score target) or σ² (dddm target)
+    adapt: bool = True  # false: no search, τ = step_size / guess throughout
     target_accept: float = 0.57
-    adapt_rate: float = 0.5
+    curvature: str = "auto"  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
     energy: str = "trapezoid"  # exact | trapezoid | gauss_legendre
     gl_nodes: int = 3
     radius: float | None = None  # projected variant: reject proposals farther than this from the start
@@ -44,8 +57,8 @@ class RTKMALAConfig:
 
     def __post_init__(self) -> None:
         check_budget(self.nfe)
-        if self.segments < 1 or self.inner_steps < 0 or self.gl_nodes < 1:
-            raise ConfigError("segments and gl_nodes must be >= 1 and inner_steps >= 0")
+        if self.segments < 1 or self.inner_steps < 0 or self.warmup_steps < 0 or self.gl_nodes < 1:
+            raise ConfigError("segments and gl_nodes must be >= 1, inner_steps and warmup_steps >= 0")
         if self.step_size <= 0 or (self.segment_length is not None and self.segment_length <= 0):
             raise ConfigError(f"step_size and segment_length must be > 0, got {self.step_size}, {self.segment_length}")
         if self.segment_space not in ("t", "logsnr"):
@@ -54,38 +67,38 @@ class RTKMALAConfig:
             raise ConfigError(f"energy={self.energy!r} is unknown; choose exact, trapezoid or gauss_legendre")
         if self.target not in ("score", "dddm"):
             raise ConfigError(f"target={self.target!r} is unknown; choose score or dddm")
+        if self.curvature not in CURVATURE_GUESSES:
+            raise ConfigError(f"curvature={self.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
         if not 0 < self.target_accept < 1:
             raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept}")
 
 
-def _rate(accepted: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The acceptance rate of a segment as a 0-d tensor on the device (NaN without MALA steps):
+def _mean(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The mean of per-step (B,) values as a 0-d tensor on the device (NaN without steps):
     statistics stay on the device until the sampler ends, so the loop never waits for the GPU."""
-    if not accepted:
+    if not values:
         return torch.full((), float("nan"), device=like.device)
-    return torch.stack(accepted).float().mean()
+    return torch.stack(values).to(like.dtype).mean()
 
 
-def _mala_kernel(inner_steps, step_size, adapt, target_accept, adapt_rate, radius, generator):
+def _mala_kernel(warmup_steps, inner_steps, step_size, adapt, target_accept, curvature, radius, generator):
     def kernel(target, y, score, segment, callback):
-        tau = torch.full((y.shape[0],), 1.0, dtype=y.dtype, device=y.device) * (step_size / target.curvature)
+        if warmup_steps + inner_steps == 0:
+            return y, score, {"acceptance": _mean([], y), "tau": _mean([], y)}
+        tau = step_size / curvature_guess(target, y, score, curvature, generator)
+        warm = []
+        if adapt:
+            y, score, tau, warm = tune_mala(
+                target, y, score, tau, warmup_steps, target_accept, generator, callback, segment
+            )
         accepted, center = [], y
-        for i in range(inner_steps):
+        for i in range(inner_steps if adapt else warmup_steps + inner_steps):
             y, score, acc, _ = mala_step(target, y, score, tau, generator, center, radius)
             accepted.append(acc)
-            if adapt:
-                tau = tau * torch.exp(adapt_rate * (acc.to(y.dtype) - target_accept))
-            report(
-                callback,
-                step=target.net.nfe - 1,
-                segment=segment,
-                inner=i,
-                t=target.s,
-                x=y,
-                accepted=acc,
-                nfe=target.net.nfe,
-            )
-        return y, {"acceptance": _rate(accepted, y)}
+            report_step(callback, target, segment, i, y, acc)
+        # the acceptance of the frozen phase (of the warm-up where it is all there is)
+        acceptance = _mean(accepted, y) if accepted else _mean(warm, y)
+        return y, score, {"acceptance": acceptance, "tau": tau.log().mean().exp()}
 
     return kernel
 
@@ -107,11 +120,11 @@ def _rtk_dddm(
     generator,
     callback,
     levels,
+    warmup_steps,
     inner_steps,
     step_size,
     adapt,
     target_accept,
-    adapt_rate,
     t_max,
     t_min,
 ):
@@ -123,9 +136,14 @@ def _rtk_dddm(
         sigma2 = (sigmas[k] ** 2).to(x.dtype)
         z = net(x, t)  # start from the plain denoiser's estimate
         u, g = _dddm_energy_and_grad(net, x, t, z, sigma2)
-        tau = torch.full((x.shape[0],), step_size, dtype=x.dtype, device=x.device) * sigma2
-        accepted = []
-        for i in range(inner_steps):
+        steps = warmup_steps + inner_steps
+        search = StepSizeSearch(
+            torch.full((x.shape[0],), step_size, dtype=x.dtype, device=x.device) * sigma2, warmup_steps, target_accept
+        )
+        tau, accepted = search.tau, []
+        for i in range(steps):
+            tuning = adapt and i < warmup_steps
+            tau = search.tau if tuning else tau
             tb = _bcast(tau, z)
             prop = z - tb * g + torch.sqrt(2 * tb) * generator.randn(*z.shape[1:]).to(z.dtype)
             u_new, g_new = _dddm_energy_and_grad(net, x, t, prop, sigma2)
@@ -135,11 +153,17 @@ def _rtk_dddm(
             acc = torch.log(generator.rand(1).reshape(-1).to(z.dtype)) < log_ratio
             keep = _bcast(acc, z)
             z, u, g = torch.where(keep, prop, z), torch.where(acc, u_new, u), torch.where(keep, g_new, g)
-            accepted.append(acc)
-            if adapt:
-                tau = tau * torch.exp(adapt_rate * (acc.to(z.dtype) - target_accept))
-            report(callback, step=net.nfe - 1, segment=k, inner=i, t=ts[k], x=x, z=z, accepted=acc, nfe=net.nfe)
-        seg_stats.append({"acceptance": _rate(accepted, z)})
+            if tuning:
+                search.update(acceptance_probability(log_ratio))
+                if i == warmup_steps - 1:
+                    tau = search.frozen()
+            else:
+                accepted.append(acc)
+            # the network read (x, t, proposal): that is the point to report, the chain's state beside it
+            report(
+                callback, step=net.nfe - 1, segment=k, inner=i, t=ts[k], x=x, z=prop, state=z, accepted=acc, nfe=net.nfe
+            )
+        seg_stats.append({"acceptance": _mean(accepted, z), "tau": tau.log().mean().exp()})
         if k == levels - 1:
             x = z
         else:
@@ -158,11 +182,12 @@ def rtk_mala(
     segments: int = 5,
     segment_length: float | None = None,
     segment_space: str = "t",
-    inner_steps: int = 20,
+    warmup_steps: int = 10,
+    inner_steps: int = 12,
     step_size: float = 0.5,
     adapt: bool = True,
     target_accept: float = 0.57,
-    adapt_rate: float = 0.5,
+    curvature: str = "auto",
     energy: str = "trapezoid",
     gl_nodes: int = 3,
     radius: float | None = None,
@@ -181,21 +206,25 @@ def rtk_mala(
             generator,
             callback,
             segments,
+            warmup_steps,
             inner_steps,
             step_size,
             adapt,
             target_accept,
-            adapt_rate,
             t_max,
             t_min,
         )
         evals = 0
     else:
         times = segment_times(schedule, segments, segment_length, segment_space, t_max, t_min)
-        kernel = _mala_kernel(inner_steps, step_size, adapt, target_accept, adapt_rate, radius, generator)
-        x0, seg_stats, evals = run_segments(net, x_T, schedule, times, generator, callback, kernel, energy, gl_nodes)
+        kernel = _mala_kernel(warmup_steps, inner_steps, step_size, adapt, target_accept, curvature, radius, generator)
+        x0, seg_stats, evals = run_segments(net, x_T, schedule, times, callback, kernel, energy, gl_nodes)
+    per_segment = torch.stack(
+        [torch.stack([s["acceptance"], s["tau"].to(s["acceptance"])]) for s in seg_stats]
+    ).tolist()
     stats = {
-        "acceptance": torch.stack([s["acceptance"] for s in seg_stats]).tolist(),  # the one host sync
+        "acceptance": [a for a, _ in per_segment],  # the one host sync
+        "step_size": [tau for _, tau in per_segment],  # per segment: the geometric mean of the frozen τ
         "segments": len(seg_stats),
         "energy": energy,
         "energy_evals": evals,
