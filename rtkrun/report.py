@@ -361,6 +361,7 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 T3_COLUMNS = [
     "model",
     "dim",
+    "estimator",
     "source",
     "t",
     "n",
@@ -380,6 +381,16 @@ T3_COLUMNS = [
 ]
 
 
+T3_NOTE = (
+    "`estimator=exact`: every column is exact (float64 Jacobians and Hessians). `estimator=lanczos` "
+    "(matrix-free, large d): `L` is the Golub–Kahan–Lanczos estimate, a lower bound of ‖J‖₂; `sigma_min` "
+    "and `true` are Lanczos Ritz values, upper bounds of σ_min(I + J) and λ_min(∇²g); `B_sq` is the "
+    "ascent lower bound of B_sq. There `margin` (certified) uses L plus its residual bound and the "
+    "Hutchinson upper value of Σ‖H_i‖²_F, so it is never optimistic, while `paper_margin` uses the "
+    "lower bounds, so it is at least as optimistic as the paper's expression."
+)
+
+
 def diagnose_rows(run_dir: Path) -> list[dict[str, Any]]:
     """T3 rows of one ``rtkrun diagnose`` run: one per (source, noise level)."""
     metrics_path = run_dir / "metrics.json"
@@ -396,6 +407,7 @@ def diagnose_rows(run_dir: Path) -> list[dict[str, Any]]:
     base = {
         "model": "learned" if m.get("ckpt") else m.get("model"),
         "dim": m.get("dataset/dim"),
+        "estimator": m.get("estimator"),
         "run_dir": str(run_dir),
     }
     return [{**base, **row} for row in sorted(groups.values(), key=lambda r: (r["source"], -r["t"]))]
@@ -484,7 +496,7 @@ def t6_row(run_dir: Path) -> dict[str, Any]:
 
 
 # -- T7: DDPM steps vs dimension -----------------------------------------------------------------
-T7_COLUMNS = ["dim", "grid", "steps", "quality_ratio", "evaluations", "n", "seeds", "tol", "run_dir"]
+T7_COLUMNS = ["dim", "grid", "horizon", "steps", "quality_ratio", "evaluations", "n", "seeds", "tol", "run_dir"]
 
 
 def is_t7_run(run_dir: Path) -> bool:

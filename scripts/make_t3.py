@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from rtkrun.report import T3_COLUMNS, diagnose_rows, find_runs, write_docs_page, write_table
+from rtkrun.report import T3_COLUMNS, T3_NOTE, diagnose_rows, find_runs, write_docs_page, write_table
 
 RTKRUN = str(Path(sys.executable).parent / "rtkrun")
 
@@ -45,7 +45,7 @@ def main() -> None:
         f"Built by scripts/make_t3.py from {root}: the default-trained mog_mlp, 64 points per row, "
         "DDDM sampler with 2 levels x 3 iterations; exact float64 derivatives; sigma = sqrt(1 - alpha_bar_t). "
         "`certified`: corrected margin ((1-L)+^2 - R sqrt(B_sq))/sigma^2 > 0; `paper_false_claims`: the paper's "
-        "margin ((1-L)^2 - R B_sq)/sigma^2 > 0 where the true lambda_min <= 0."
+        "margin ((1-L)^2 - R B_sq)/sigma^2 > 0 where the true lambda_min <= 0. " + T3_NOTE
     )
     write_table(rows, T3_COLUMNS, out / "T3", "T3: regularity of the learned DDDM map, mixture of Gaussians", note)
     print(f"{len(rows)} T3 rows in {out} after {time.time() - started:.0f} s")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from rtkrun.data.mog import MogConfig, MogDataset
+from rtkrun.diffusion.grids import ou_horizon, t_max_for_horizon
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
 from rtkrun.metrics.mog import projection_directions, sliced_w2_to_mixture
 from rtkrun.models.oracle import MogOracleConfig
@@ -59,12 +60,13 @@ def search(passes, ladder: list[int]) -> tuple[int | None, int]:
     return ladder[hi], evaluations
 
 
-def run_case(d: int, grid: str, args, root: Path) -> dict:
+def run_case(d: int, grid: str, horizon: float | None, args, root: Path) -> dict:
     torch.manual_seed(0)
     schedule = build_schedule(SCHEDULES["cosine"][0]())
     cfg = MogConfig(dim=d, n_components=4, layout="random", radius=4.0, component_std=0.3, train_size=1)
     dataset = MogDataset(cfg)
     mixture, model = dataset.mixture, build_oracle(MogOracleConfig(), dataset, schedule)
+    t_max = 1.0 if horizon is None else t_max_for_horizon(schedule, horizon)
     gen = torch.Generator().manual_seed(0)
     directions = projection_directions(mixture, 128, gen)
     baseline = sum(sliced_w2_to_mixture(mixture, mixture.sample(args.n, gen), directions) for _ in range(8)) / 8
@@ -75,7 +77,7 @@ def run_case(d: int, grid: str, args, root: Path) -> dict:
             values = []
             for seed in range(args.seeds):
                 noise = SampleNoise.for_range(seed, 0, args.n, dtype=torch.float64)
-                x = ddpm(model, noise.randn(d), schedule, generator=noise, steps=steps, grid=grid).x0
+                x = ddpm(model, noise.randn(d), schedule, generator=noise, steps=steps, grid=grid, t_max=t_max).x0
                 values.append(sliced_w2_to_mixture(mixture, x, directions))
             cache[steps] = sum(values) / len(values)
         return cache[steps]
@@ -84,6 +86,7 @@ def run_case(d: int, grid: str, args, root: Path) -> dict:
     row = {
         "dim": d,
         "grid": grid,
+        "horizon": round(ou_horizon(schedule, t_max), 3),
         "steps": steps,
         "quality_ratio": None if steps is None else quality(steps) / baseline,
         "baseline": baseline,
@@ -93,7 +96,7 @@ def run_case(d: int, grid: str, args, root: Path) -> dict:
         "tol": args.tol,
         "curve": {str(k): v / baseline for k, v in sorted(cache.items())},
     }
-    run_dir = root / f"d{d}_{grid}"
+    run_dir = root / (f"d{d}_{grid}" if horizon is None else f"d{d}_{grid}_H{horizon:g}")
     write_json(run_dir / "metrics.json", row)
     return {**row, "run_dir": str(run_dir)}
 
@@ -105,14 +108,13 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for grid in GRIDS:
-        pts = sorted((r["dim"], r["steps"]) for r in rows if r["grid"] == grid and r["steps"])
+    for grid, horizon in sorted({(r["grid"], r["horizon"]) for r in rows}):
+        same = [r for r in rows if r["grid"] == grid and r["horizon"] == horizon]
+        pts = sorted((r["dim"], r["steps"]) for r in same if r["steps"])
         if pts:
-            ax.loglog(
-                *zip(*pts),
-                marker="o",
-                label=f"{grid} (slope {fit_exponent([r for r in rows if r['grid'] == grid]):.2f})",
-            )
+            slope = fit_exponent(same)
+            label = f"{grid}, horizon {horizon:g}" + (f" (slope {slope:.2f})" if slope is not None else "")
+            ax.loglog(*zip(*pts), marker="o", label=label)
     ax.set_xlabel("dimension d")
     ax.set_ylabel("DDPM steps to reach the target")
     ax.legend(fontsize=8)
@@ -127,6 +129,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tol", type=float, default=1.0)
+    parser.add_argument(
+        "--horizons",
+        nargs="+",
+        default=["native"],
+        help="OU horizons −log α(t_max) shared by every grid; native: t_max = 1 (the schedule's own)",
+    )
     parser.add_argument("--root", default="outputs/multirun/t7")
     parser.add_argument("--out", default="outputs/tables")
     parser.add_argument("--docs")
@@ -134,23 +142,34 @@ def main() -> None:
     torch.set_num_threads(2)
     root, out, started = Path(args.root), Path(args.out), time.time()
     rows = []
-    for d in args.dims:
-        for grid in GRIDS:
-            rows.append(run_case(d, grid, args, root))
-            print(json.dumps({k: rows[-1][k] for k in ("dim", "grid", "steps", "evaluations")}), flush=True)
-    fits = {grid: fit_exponent([r for r in rows if r["grid"] == grid]) for grid in GRIDS}
+    horizons = [None if h == "native" else float(h) for h in args.horizons]
+    for horizon in horizons:
+        for d in args.dims:
+            for grid in GRIDS:
+                rows.append(run_case(d, grid, horizon, args, root))
+                shown = {k: rows[-1][k] for k in ("dim", "grid", "horizon", "steps", "evaluations")}
+                print(json.dumps(shown), flush=True)
+    fits = {
+        (grid, h): fit_exponent([r for r in rows if r["grid"] == grid and r["horizon"] == h])
+        for grid in GRIDS
+        for h in sorted({r["horizon"] for r in rows})
+    }
     note = (
         f"Built by scripts/make_t7.py from {root}: exact MoG denoiser (K = 4 random means, |μ_k| ≈ 4, s = 0.3), "
-        f"cosine schedule, DDPM; target: sliced W2 to the exact mixture ≤ {1 + args.tol:g} × the exact sampler's "
-        f"value at n = {args.n} (mean of {args.seeds} seeds, the same at every step count). Fitted exponents "
-        "(steps ∝ d^k): " + ", ".join(f"{g} {k:.2f}" if k is not None else f"{g} n/a" for g, k in fits.items()) + "."
+        "cosine schedule, DDPM from t_max with OU horizon −log α(t_max) = `horizon` (the same for every grid; "
+        f"t_max = 1 gives the schedule's own); target: sliced W2 to the exact mixture ≤ {1 + args.tol:g} × the exact "
+        f"sampler's value at n = {args.n} (mean of {args.seeds} seeds, the same at every step count). Fitted "
+        "exponents (steps ∝ d^k): "
+        + ", ".join(f"{g} at horizon {h}: " + (f"{k:.2f}" if k is not None else "n/a") for (g, h), k in fits.items())
+        + "."
     )
     out.mkdir(parents=True, exist_ok=True)
-    write_table(rows, T7_COLUMNS, out / "T7", "T7: DDPM steps vs dimension with the exact score", note)
-    plot(rows, out / "T7.png")
+    stem = "T7"
+    write_table(rows, T7_COLUMNS, out / stem, "T7: DDPM steps vs dimension with the exact score", note)
+    plot(rows, out / f"{stem}.png")
     print(f"{len(rows)} T7 rows in {out} after {time.time() - started:.0f} s; exponents {fits}")
     if args.docs:
-        write_docs_page(args.docs, "scripts/make_t7.py", [out / "T7.md"], out / "T7.png")
+        write_docs_page(args.docs, "scripts/make_t7.py", [out / f"{stem}.md"], out / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from scipy.stats import norm
 
@@ -57,3 +58,18 @@ def test_search_finds_the_smallest_passing_step_count_and_fits_exponents():
     assert search(lambda s: False, LADDER)[0] is None
     rows = [{"dim": d, "steps": 3 * d**0.5} for d in (2, 8, 32, 128)]
     assert abs(fit_exponent(rows) - 0.5) < 1e-12
+
+
+def test_an_ou_horizon_maps_to_its_start_time_and_back():
+    from rtkrun.diffusion.grids import ou_horizon, t_max_for_horizon
+    from rtkrun.diffusion.schedules import CosineSchedule, LinearSchedule
+
+    for schedule in (CosineSchedule(), LinearSchedule()):
+        for horizon in (0.5, 2.0, 5.0):
+            t = t_max_for_horizon(schedule, horizon)
+            assert 0 < t < 1
+            assert ou_horizon(schedule, t) == pytest.approx(horizon, rel=1e-9)
+            alpha = schedule.alpha_bar(torch.tensor(t, dtype=torch.float64)).sqrt().item()
+            assert alpha == pytest.approx(math.exp(-horizon), rel=1e-9)  # τ = −log α
+    # the cosine schedule's own horizon is the log-SNR clamp's, about 15 (issue 15's "about 15")
+    assert ou_horizon(CosineSchedule(), 1.0) == pytest.approx(15.0, abs=0.5)

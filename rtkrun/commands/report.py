@@ -16,6 +16,7 @@ from rtkrun.report import (
     SAMPLE_COLUMNS,
     SAMPLE_NOTE,
     T3_COLUMNS,
+    T3_NOTE,
     T4_COLUMNS,
     T5_COLUMNS,
     T6_COLUMNS,
@@ -93,7 +94,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         written["T1_T2"] = len(rows)
     if groups["T3"]:
         rows = [row for p in groups["T3"] for row in diagnose_rows(p)]
-        write_table(rows, T3_COLUMNS, out / "T3", "T3: regularity of the learned DDDM map")
+        write_table(rows, T3_COLUMNS, out / "T3", "T3: regularity of the learned DDDM map", T3_NOTE)
         written["T3"] = len(rows)
     if groups["T4"]:
         rows = [row for p in groups["T4"] for row in t4_rows(p)] + t4_quoted_rows()

@@ -156,7 +156,8 @@ def matrix_free_chain(
     and ‖Σ r_i H_i‖ by Lanczos on matrix-vector products. B_sq is bracketed:
     ``B_sq`` = the ascent lower bound max_u ‖D²F[u,u]‖² ≤ B_sq and ``frobenius_sq`` ± ``frobenius_se``
     = the Hutchinson estimate of Σ‖H_i‖²_F ≥ B_sq. The corrected ``margin`` certifies with the
-    conservative upper value Σ‖H_i‖²_F + 3 se in place of B_sq; ``paper_margin`` uses the lower
+    conservative values: L + ``L_residual`` (GKL's L alone is an underestimate) and
+    Σ‖H_i‖²_F + 3 se in place of B_sq, so it is never optimistic; ``paper_margin`` uses the lower
     bound, so it is at least as optimistic as the paper's own expression (REFERENCE.md §1.4).
     Lanczos's λ_min and σ_min approach from above: with too few iterations they overstate
     convexity, which the tests bound against the exact path."""
@@ -168,7 +169,9 @@ def matrix_free_chain(
     frob, frob_se = hutchinson_frobenius(F, z, probes=probes, generator=generator, context=context)
     b_lower = b_sq_lower_bound(F, z, restarts=restarts, steps=ascent_steps, generator=generator, context=context)
     L, sigma_min, weighted = top.sigma_max, curvatures["sigma_min"], curvatures["weighted_hessian"]
-    plus, s2 = (1 - L).clamp_min(0) ** 2, sigma**2
+    # GKL's L underestimates ‖J‖₂; L + its residual bound does not, so the certified margin uses it
+    s2, L_upper = sigma**2, L + top.residual_max
+    plus = (1 - L_upper).clamp_min(0) ** 2
     frob_upper = frob + 3 * frob_se
     return {
         "L": L,
@@ -182,6 +185,6 @@ def matrix_free_chain(
         "true": curvatures["true"],
         "link_sigma_min": (sigma_min**2 - weighted) / s2,
         "margin": (plus - R * frob_upper.sqrt()) / s2,
-        "margin_frobenius": (plus - R * frob.clamp_min(0).sqrt()) / s2,
+        "margin_frobenius": ((1 - L).clamp_min(0) ** 2 - R * frob.clamp_min(0).sqrt()) / s2,
         "paper_margin": ((1 - L) ** 2 - R * b_lower) / s2,
     }

@@ -90,6 +90,24 @@ def benton_grid(schedule: VPSchedule, steps: int, t_max: float = 1.0, t_min: flo
     return _finish(schedule.t_from_alpha_bar(alpha_bar).clamp(0.0, 1.0), t_max, t_min)
 
 
+def ou_horizon(schedule: VPSchedule, t: float) -> float:
+    """The Ornstein–Uhlenbeck time τ = −log α(t) = ½ log(1 + e^(−λ(t))) a sampler starting at t
+    integrates over, through the clamped log-SNR λ that the grids use (``benton_grid``)."""
+    lam = schedule.log_snr(torch.tensor([t], dtype=torch.float64))
+    return float(0.5 * torch.nn.functional.softplus(-lam)[0])
+
+
+def t_max_for_horizon(schedule: VPSchedule, horizon: float) -> float:
+    """The time t with −log α(t) = ``horizon`` (capped at 1): starting every grid there compares
+    grids at one OU horizon. At t_max = 1 the horizon is the schedule's own, which for the cosine
+    schedule is set by the log-SNR clamp (about 15), far beyond the e^(−T) ≈ 0 that Benton et
+    al. need; their linear half then spends most of its steps where α < 0.01."""
+    if horizon <= 0:
+        raise ConfigError(f"the OU horizon must be > 0, got {horizon}")
+    t = schedule.t_from_alpha_bar(torch.tensor(math.exp(-2 * horizon), dtype=torch.float64))
+    return min(1.0, float(t))
+
+
 GRIDS = {
     "uniform": uniform_grid,
     "quadratic": quadratic_grid,
