@@ -248,8 +248,20 @@ def baoab_step(target: SegmentTarget, y, v, score, h, friction, generator):
 def segment_times(
     schedule, segments: int, segment_length: float | None, space: str, t_max: float, t_min: float
 ) -> torch.Tensor:
-    """Segment boundaries from t_max down to t_min: ``segments`` equal pieces in t or log-SNR,
-    or pieces of length ``segment_length`` (η) in that space (the last one shorter)."""
+    """Segment boundaries from t_max down to t_min: ``segments`` equal pieces in t, log-SNR or the
+    VP angle φ = arctan(σ/α), or pieces of length ``segment_length`` (η) in that space (the last
+    one shorter). Equal angles are equal t on the cosine schedule, whatever the schedule."""
+    if space == "angle":
+        ends = schedule.alpha_sigma(torch.tensor([t_max, t_min], dtype=torch.float64))
+        hi, lo = torch.atan2(ends[1], ends[0]).tolist()
+        if segment_length is not None:
+            segments = max(1, math.ceil((hi - lo) / segment_length - 1e-9))
+            phi = torch.tensor([hi - k * segment_length for k in range(segments)] + [lo], dtype=torch.float64)
+        else:
+            phi = torch.linspace(hi, lo, segments + 1, dtype=torch.float64)
+        times = schedule.t_from_alpha_bar(torch.cos(phi) ** 2).clamp(t_min, t_max)
+        times[0], times[-1] = t_max, t_min
+        return times
     if space == "t":
         lo, hi = t_min, t_max
     else:

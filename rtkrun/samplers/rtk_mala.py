@@ -40,7 +40,7 @@ class RTKMALAConfig:
     name: str = "rtk_mala"
     segments: int = 5
     segment_length: float | None = None  # η: overrides ``segments``
-    segment_space: str = "t"  # t | logsnr
+    segment_space: str = "angle"  # angle (φ = arctan(σ/α)) | t | logsnr
     warmup_steps: int = 10  # per segment: the step-size search (counted in NFE)
     inner_steps: int = 12  # per segment: MALA at the frozen step size
     step_size: float = 0.5  # τ₀ in units of 1/curvature guess (score target) or σ² (dddm target)
@@ -61,8 +61,8 @@ class RTKMALAConfig:
             raise ConfigError("segments and gl_nodes must be >= 1, inner_steps and warmup_steps >= 0")
         if self.step_size <= 0 or (self.segment_length is not None and self.segment_length <= 0):
             raise ConfigError(f"step_size and segment_length must be > 0, got {self.step_size}, {self.segment_length}")
-        if self.segment_space not in ("t", "logsnr"):
-            raise ConfigError(f"segment_space={self.segment_space!r} is unknown; choose t or logsnr")
+        if self.segment_space not in ("t", "logsnr", "angle"):
+            raise ConfigError(f"segment_space={self.segment_space!r} is unknown; choose t, logsnr or angle")
         if self.energy not in ("exact", "trapezoid", "gauss_legendre"):
             raise ConfigError(f"energy={self.energy!r} is unknown; choose exact, trapezoid or gauss_legendre")
         if self.target not in ("score", "dddm"):
@@ -181,7 +181,7 @@ def rtk_mala(
     callback: Callback | None = None,
     segments: int = 5,
     segment_length: float | None = None,
-    segment_space: str = "t",
+    segment_space: str = "angle",
     warmup_steps: int = 10,
     inner_steps: int = 12,
     step_size: float = 0.5,

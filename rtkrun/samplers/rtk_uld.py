@@ -39,7 +39,7 @@ class RTKULDConfig:
     name: str = "rtk_uld"
     segments: int = 5
     segment_length: float | None = None
-    segment_space: str = "t"
+    segment_space: str = "angle"  # angle (φ = arctan(σ/α)) | t | logsnr
     warmup_steps: int = 10  # per segment: MALA steps that find τ* (counted in NFE)
     inner_steps: int = 12  # per segment: BAOAB steps
     step_size: float = 1.0  # h·√L
@@ -56,8 +56,8 @@ class RTKULDConfig:
             raise ConfigError("segments must be >= 1, inner_steps and warmup_steps >= 0")
         if self.step_size <= 0 or self.friction <= 0:
             raise ConfigError(f"step_size and friction must be > 0, got {self.step_size}, {self.friction}")
-        if self.segment_space not in ("t", "logsnr"):
-            raise ConfigError(f"segment_space={self.segment_space!r} is unknown; choose t or logsnr")
+        if self.segment_space not in ("t", "logsnr", "angle"):
+            raise ConfigError(f"segment_space={self.segment_space!r} is unknown; choose t, logsnr or angle")
         if self.curvature not in CURVATURE_GUESSES:
             raise ConfigError(f"curvature={self.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
         if not 0 < self.target_accept < 1:
@@ -74,7 +74,7 @@ def rtk_uld(
     callback: Callback | None = None,
     segments: int = 5,
     segment_length: float | None = None,
-    segment_space: str = "t",
+    segment_space: str = "angle",
     warmup_steps: int = 10,
     inner_steps: int = 12,
     step_size: float = 1.0,
