@@ -395,3 +395,17 @@ def test_every_callback_point_is_a_point_the_network_was_called_at(name):
         assert matches, f"{name}: step {info['step']} reports a point the network never read"
         if "x0_hat" in info:
             assert any(torch.equal(c[3], info["x0_hat"]) for c in matches)
+
+
+def test_angle_segments_are_equal_in_the_vp_angle_and_in_t_on_the_cosine_schedule():
+    from rtkrun.diffusion.schedules import LinearSchedule
+    from rtkrun.samplers.rtk import segment_times
+
+    for schedule in (CosineSchedule(), LinearSchedule()):
+        times = segment_times(schedule, 5, None, "angle", 1.0, 1e-3)
+        assert times[0] == 1.0 and times[-1] == 1e-3 and torch.all(times[1:] < times[:-1])
+        alpha, sigma = schedule.alpha_sigma(times)
+        steps = torch.diff(torch.atan2(sigma, alpha))
+        torch.testing.assert_close(steps, steps.mean().expand(5), atol=1e-9, rtol=1e-9)
+    uniform = segment_times(CosineSchedule(), 5, None, "t", 1.0, 1e-3)
+    torch.testing.assert_close(segment_times(CosineSchedule(), 5, None, "angle", 1.0, 1e-3), uniform, atol=0.01, rtol=0)
