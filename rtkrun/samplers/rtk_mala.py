@@ -49,7 +49,7 @@ class RTKMALAConfig:
     curvature: str = "auto"  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
     energy: str = "trapezoid"  # exact | trapezoid | gauss_legendre
     gl_nodes: int = 3
-    radius: float | None = None  # projected variant: reject proposals farther than this from the start
+    radius: float | None = None  # projected variant: reject proposals farther than this from the post-warm-up state
     target: str = "score"  # score | dddm
     t_max: float = 1.0
     t_min: float = 1e-3
