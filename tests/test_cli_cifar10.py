@@ -60,7 +60,8 @@ def test_train_on_the_fixture_writes_fid_and_pictures(setup):
         (["sampler=ddim", "sampler.steps=3"], 3),
         (["sampler=dddm", "sampler.clip=1.0"], 1),
         (["sampler=dddm", "sampler.iterations=2", "sampler.clip=1.0"], 2),
-        (["sampler=rtk_mala", "sampler.segments=2", "sampler.inner_steps=1"], 7),
+        # 1 + per segment: the score after the jump, the curvature probe, 1 warm-up and 1 MALA step
+        (["sampler=rtk_mala", "sampler.segments=2", "sampler.warmup_steps=1", "sampler.inner_steps=1"], 9),
     ],
 )
 def test_every_sampler_runs_on_images(setup, sampler, nfe):

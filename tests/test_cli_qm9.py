@@ -70,7 +70,7 @@ def test_train_samples_molecules_with_every_sampler(setup):
         (["sampler=ddpm", "sampler.steps=4"], 4),
         (["sampler=dddm", "sampler.iterations=3"], 3),
         (["sampler=pf_ode", "sampler.nfe=6"], 5),  # Heun: 2 per step, 1 on the last
-        (["sampler=rtk_uld", "sampler.nfe=12"], 11),  # the budget is an upper bound
+        (["sampler=rtk_uld", "sampler.nfe=12"], 12),  # 1 segment: jump score, probe, 4 warm-up + 5 BAOAB steps
     ],
 )
 def test_sample_and_evaluate_a_checkpoint(setup, sampler, nfe):

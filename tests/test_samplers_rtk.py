@@ -277,7 +277,7 @@ def test_curvature_guesses_against_the_exact_hessian_of_the_mixture():
     nfe = net.nfe
     probe = curvature_guess(target, y, score, "probe", noise) - extra
     assert net.nfe == nfe + 1  # the probe costs one network evaluation
-    # one Rademacher probe: unbiased for the mean eigenvalue, exact where J ∝ I (inside a mode)
+    # one Gaussian probe: about the mean eigenvalue, exact where J ∝ I (inside a mode)
     assert probe.mean().item() == pytest.approx(mean.mean().item(), rel=0.03)
     assert ((probe - mean).abs() <= 0.05 * mean).float().mean() > 0.9
     bound = curvature_guess(target, y, score, "bound", noise) - extra

@@ -92,9 +92,9 @@ def curvature_guess(target: SegmentTarget, y: torch.Tensor, score: torch.Tensor,
     """A per-sample scale (B,) of −∇²log π near y, the start of the step-size search.
 
     ``model``: the model's own ``hessian_scale(y, s)`` (the MoG oracle's is exact). ``probe``:
-    one Hutchinson probe of the denoiser Jacobian J = ∂x0_hat/∂y by a forward difference (one
-    NFE, any network, no autograd); Tweedie gives −∇²log p_s = (I − α_s J)/σ_s², whose mean
-    eigenvalue is (1 − α_s uᵀJu/d)/σ_s² for a Rademacher u. ``bound``: a²/b + 1/σ_s².
+    one Hutchinson-style probe of the denoiser Jacobian J = ∂x0_hat/∂y by a forward difference
+    (one NFE, any network, no autograd); Tweedie gives −∇²log p_s = (I − α_s J)/σ_s², whose mean
+    eigenvalue is estimated by (1 − α_s uᵀJu/uᵀu)/σ_s² for a Gaussian u. ``bound``: a²/b + 1/σ_s².
     ``auto``: ``model`` where the model has ``hessian_scale``, else ``probe``.
     """
     if how == "auto":
@@ -105,13 +105,13 @@ def curvature_guess(target: SegmentTarget, y: torch.Tensor, score: torch.Tensor,
         data = target.net.hessian_scale(y, target.s.expand(y.shape[0]))
     else:
         alpha, sigma = target.alpha_s.to(y.dtype), target.sigma_s.to(y.dtype)
-        u = torch.sign(generator.randn(*y.shape[1:]).to(y.dtype))
-        u = torch.where(u == 0, torch.ones_like(u), u)
+        # A Gaussian probe from the sample's own stream: on a subspace (molecules) the stream is
+        # projected, so the probe stays in it; uᵀJu/uᵀu is then the mean eigenvalue there.
+        u = generator.randn(*y.shape[1:]).to(y.dtype)
         eps = 1e-2 * sigma.clamp_min(1e-3)  # a step well inside the scale σ_s on which x0_hat bends
         x0 = target.denoised(y, score)
         jvp = (target.net(y + eps * u, target.s) - x0) / eps
-        d = y[0].numel()
-        data = (1 - alpha * _sum(u * jvp) / d) / sigma**2
+        data = (1 - alpha * _sum(u * jvp) / _sum(u * u).clamp_min(1e-30)) / sigma**2
     # A region between modes has negative curvature; the search needs a positive scale.
     floor = 1e-3 / (target.alpha_s**2 + target.sigma_s**2).to(y.dtype)
     return target.transition_curvature.to(y.dtype) + data.to(y.dtype).clamp_min(floor)
