@@ -97,8 +97,11 @@ def fixture_dataset(tmp_path_factory):
         ("ddim", {"steps": 3}),
         ("pf_ode", {"steps": 2}),
         ("dddm", {"levels": 2, "iterations": 2}),
-        ("rtk_mala", {"segments": 2, "inner_steps": 2}),
-        ("rtk_uld", {"segments": 2, "inner_steps": 2}),
+        # Untuned RTK steps here: with the tuned step (acceptance 0.57) some Metropolis decisions sit
+        # on the threshold, and float32 BLAS blocking, which differs with the batch size, flips them.
+        # Exact batch independence of the tuned path is tested on the MoG oracle (test_samplers_rtk).
+        ("rtk_mala", {"segments": 2, "inner_steps": 2, "warmup_steps": 0, "adapt": False, "curvature": "bound"}),
+        ("rtk_uld", {"segments": 2, "inner_steps": 2, "warmup_steps": 0, "curvature": "bound"}),
     ],
 )
 def test_every_sampler_on_molecules_is_reproducible_and_batch_independent(fixture_dataset, name, settings):
