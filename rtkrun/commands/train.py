@@ -11,6 +11,7 @@ Training further (more steps) makes every earlier evaluation stale, so they are 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -22,16 +23,19 @@ import torch
 from rtkrun import distributed, runs
 from rtkrun.commands.common import build_parts, describe, draw_samples, flatten, recorded_stats, resolve_device, score
 from rtkrun.config import digest, to_dict
+from rtkrun.diagnostics.fixed_point import fixed_point_profile
 from rtkrun.loggers import NullTracker, make_tracker
 from rtkrun.metrics.mog import mean_recovery
 from rtkrun.models import needs_training
 from rtkrun.rundir import provenance, read_metrics
 from rtkrun.samples_file import save_samples
+from rtkrun.seeding import sample_seed
 from rtkrun.trainer import Trainer
 
 log = logging.getLogger("rtkrun")
 # Evaluation settings that change how samples are drawn or scored in batches, not the result.
 EVAL_HOW = ("samplers", "batch_size", "fid_batch_size")
+FIXED_POINT_STREAM = 6_000_000  # the generator of the fixed-point profile's points
 
 
 def evaluation_digest(sampler_cfg, evaluation, steps: int) -> str:
@@ -45,8 +49,8 @@ def _without_evaluations(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not k.startswith("eval/")}
 
 
-def _evaluation(metrics: dict[str, Any], label: str) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k.startswith(f"eval/{label}/")}
+def _evaluation(metrics: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k.startswith(f"{key}/")}
 
 
 def train(run, run_dir: Path) -> dict[str, Any]:
@@ -61,6 +65,7 @@ def train(run, run_dir: Path) -> dict[str, Any]:
     previous = read_metrics(run_dir) or {}  # every rank reads it, so all ranks decide alike
     config = to_dict(run)
     dataset, schedule, model = build_parts(run, run.seed)
+    parts = (dataset, schedule, device)
     model = model.to(device)
     started = time.time()
     if needs_training(model):
@@ -98,43 +103,13 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         metrics.update(flatten("student", mean_recovery(learned, truth, symmetric)))
     runs.write_json(metrics_path, metrics)  # the training results, before any evaluation
 
-    ev, steps = run.evaluation, metrics["train/steps"]
-    for label, sampler_cfg in ev.samplers.items():
-        wanted = evaluation_digest(sampler_cfg, ev, steps)
-        if metrics.get(f"eval/{label}/config_sha1") == wanted:
-            log.info("%s: kept from the previous run of this directory", label)
-            continue
-        if _evaluation(metrics, label):
-            log.warning("%s: its settings changed since it was measured; measuring it again", label)
-        metrics = {k: v for k, v in metrics.items() if k not in _evaluation(metrics, label)}
-        samples, info = draw_samples(
-            eval_model,
-            sampler_cfg,
-            schedule,
-            dataset,
-            ev.n_samples,
-            ev.batch_size,
-            ev.seed,
-            device,
-        )
-        scores = score(dataset, samples, ev, device, info["extras"])
-        save_samples(
-            run_dir / "samples" / label,
-            samples,
-            seed=ev.seed,
-            dataset_cfg=run.dataset,
-            sampler_cfg=sampler_cfg,
-            nfe=info["nfe"],
-            dataset=dataset,
-            title=f"{label}: {describe(scores)}",
-            extras=info["extras"],
-        )
-        tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=describe(scores))
-        found = {**scores, **flatten("stats", recorded_stats(info["stats"]))}
-        found.update(nfe=info["nfe"], seconds=info["seconds"], config_sha1=wanted)
-        metrics.update(flatten(f"eval/{label}", found))
-        runs.write_json(metrics_path, metrics)  # a kill in the next sampler keeps this one
-        log.info("%s: %s, NFE %d, %.2f s", label, describe(scores), info["nfe"], info["seconds"])
+    metrics = _evaluate_model(run, "eval", eval_model, metrics["train/steps"], metrics, parts, run_dir, tracker)
+    for epoch, path in runs.snapshot_paths(run_dir).items():  # trainer.snapshot_epochs (T8)
+        state = runs.load_checkpoint(path, map_location=device)
+        snapshot = copy.deepcopy(eval_model)
+        snapshot.load_state_dict(state["ema"])
+        prefix = f"snapshot/epoch={epoch}"
+        metrics = _evaluate_model(run, prefix, snapshot, state["step"], metrics, parts, run_dir, tracker)
     metrics["status"] = "complete"
     metrics["seconds"] = time.time() - started
     runs.write_json(metrics_path, metrics)
@@ -144,6 +119,61 @@ def train(run, run_dir: Path) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return metrics
+
+
+def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any], parts, run_dir: Path, tracker):
+    """Sample ``model`` (trained for ``steps``) with every evaluation sampler and score it into
+    ``metrics`` under ``prefix/<label>/``, rewriting metrics.json after each sampler; an
+    evaluation whose digest is unchanged is kept. With ``evaluation.fixed_point_points`` the
+    fixed-point profile at the DDDM top time goes under ``prefix/fixed_point/``."""
+    dataset, schedule, device = parts
+    ev, metrics_path = run.evaluation, run_dir / "metrics.json"
+    for label, sampler_cfg in ev.samplers.items():
+        wanted = evaluation_digest(sampler_cfg, ev, steps)
+        key = f"{prefix}/{label}"
+        if metrics.get(f"{key}/config_sha1") == wanted:
+            log.info("%s: kept from the previous run of this directory", key)
+            continue
+        if _evaluation(metrics, key):
+            log.warning("%s: its settings changed since it was measured; measuring it again", key)
+        metrics = {k: v for k, v in metrics.items() if k not in _evaluation(metrics, key)}
+        samples, info = draw_samples(
+            model, sampler_cfg, schedule, dataset, ev.n_samples, ev.batch_size, ev.seed, device
+        )
+        scores = score(dataset, samples, ev, device, info["extras"])
+        if prefix == "eval":  # the final model's samples are kept; a snapshot's are only scored
+            save_samples(
+                run_dir / "samples" / label,
+                samples,
+                seed=ev.seed,
+                dataset_cfg=run.dataset,
+                sampler_cfg=sampler_cfg,
+                nfe=info["nfe"],
+                dataset=dataset,
+                title=f"{label}: {describe(scores)}",
+                extras=info["extras"],
+            )
+            tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=describe(scores))
+        found = {**scores, **flatten("stats", recorded_stats(info["stats"]))}
+        found.update(nfe=info["nfe"], seconds=info["seconds"], config_sha1=wanted)
+        metrics.update(flatten(key, found))
+        runs.write_json(metrics_path, metrics)  # a kill in the next sampler keeps this one
+        log.info("%s: %s, NFE %d, %.2f s", key, describe(scores), info["nfe"], info["seconds"])
+    if ev.fixed_point_points and run.trainer.objective in ("dddm", "flow_map"):
+        metrics.update(flatten(f"{prefix}/fixed_point", fixed_point_at_top(model, dataset, ev, device)))
+        runs.write_json(metrics_path, metrics)
+    return metrics
+
+
+def fixed_point_at_top(model, dataset, ev, device) -> dict[str, float]:
+    """The DDDM-1 sampler's start, measured: ``evaluation.fixed_point_points`` pairs
+    (x_T, z⁽⁰⁾) ~ N(0, I)² from the evaluation seed, at t = ``evaluation.fixed_point_t``."""
+    gen = torch.Generator().manual_seed(sample_seed(ev.seed, FIXED_POINT_STREAM))
+    shape = (ev.fixed_point_points, *dataset.sample_shape)
+    x_T, z0 = (torch.randn(shape, generator=gen).to(device) for _ in range(2))
+    t = torch.full((len(x_T),), ev.fixed_point_t, device=device)
+    model.eval()
+    return fixed_point_profile(lambda z, x, tt: model(x, tt, z), z0, context=(x_T, t))
 
 
 def _all_evaluated(run, previous: dict[str, Any], steps: int) -> bool:

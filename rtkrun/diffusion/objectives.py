@@ -5,10 +5,18 @@
 * ``dddm``: Zhang, Wang & Luo 2024 (REFERENCE.md §1.2). A persistent buffer holds one estimate
   z_i per training example (global index i), initialised N(0, I) and read detached;
   loss = w·d(x0_hat, x0) + (1 − w)·d(x0_hat, z_i) with w = 1/(epoch + 1); the buffer entry is
-  then overwritten by the detached x0_hat (the official code writes x0 there: a known bug). A
-  fraction ``null_estimate_prob`` of each batch gets z = None and only the data term, the
+  then overwritten by the detached x0_hat (``buffer_update=estimate``, the paper's text) or by
+  the clean x0 (``buffer_update=clean``, what the official code does). A fraction
+  ``null_estimate_prob`` of each batch gets z = None and only the data term, the
   self-conditioning trick of Chen, Zhang & Hinton 2022, so the same network stays a plain
   denoiser for every other sampler.
+* One-step terms (added to a fraction ``one_step_prob`` of a ``dddm`` batch's rows, or every row
+  of ``flow_map``): the DDDM-1 sampler's own input, x_T ~ N(0, I) (one fixed draw per example,
+  ``OneStepPairs``) and a fresh z⁽⁰⁾ ~ N(0, I) at t_max, regressed onto a deterministic
+  teacher's sample from the same x_T: the exact flow map (``flow_map``, the distillation
+  reference on the MoG) or the network's own EMA DDIM solve (self-distillation).
+  A regression target that does not depend on x_T is learned as its mean, so a one-step map
+  needs a teacher that couples x_T to x0: see docs/t8-mog.md.
 """
 
 from __future__ import annotations
@@ -81,6 +89,35 @@ class EstimateBuffer:
         self.z[index] = values
 
 
+class OneStepPairs:
+    """The one-step rows' inputs and targets, one pair per training example i: a fixed
+    x_T,i ~ N(0, I) and the teacher's sample from it. A fixed teacher (the exact flow map) is
+    solved once; the EMA teacher of self-distillation is re-solved at the start of each epoch,
+    so one DDIM solve per example per epoch, not per visit. z⁽⁰⁾ is drawn fresh at every visit:
+    the sampler's z⁽⁰⁾ is independent of x_T."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], generator: torch.Generator, device, refresh: bool) -> None:
+        self.x_T = torch.randn(n, *shape, generator=generator).to(device)
+        self.target: torch.Tensor | None = None
+        self.epoch = -1  # the epoch whose teacher made ``target``
+        self.refresh = refresh
+
+    def targets(self, teacher, epoch: int, chunk: int = 4096) -> torch.Tensor:
+        if self.target is None or (self.refresh and epoch != self.epoch):
+            with torch.no_grad():
+                self.target = torch.cat([teacher(x) for x in self.x_T.split(chunk)])
+            self.epoch = epoch
+        return self.target
+
+    def state(self) -> dict[str, Any]:
+        return {"target": None if self.target is None else self.target.cpu(), "epoch": self.epoch}
+
+    def load(self, state: dict[str, Any]) -> None:
+        target = state["target"]
+        self.target = None if target is None else target.to(self.x_T.device)
+        self.epoch = int(state["epoch"])
+
+
 class Objective:
     def __init__(
         self,
@@ -97,6 +134,11 @@ class Objective:
         data_std: float = 1.0,
         fixed_t: float | None = None,
         posterior_mean=None,
+        buffer_update: str = "estimate",
+        one_step_prob: float = 0.0,
+        one_step_t: float = 1.0,
+        one_step_teacher=None,
+        one_step_pairs: OneStepPairs | None = None,
     ) -> None:
         self.kind = kind
         self.schedule = schedule
@@ -114,6 +156,12 @@ class Objective:
         # the conditional mean (closed form for the MoG) keeps the expected gradient and drops the
         # variance that the ε draw adds: posterior_mean(x_t, α, σ) = E[x0 | x_t].
         self.posterior_mean = posterior_mean
+        self.buffer_update = buffer_update
+        # teacher(x_T) -> x0: a deterministic sample from x_T at one_step_t (no gradient)
+        self.one_step_prob = 1.0 if kind == "flow_map" else one_step_prob
+        self.one_step_t = one_step_t
+        self.one_step_teacher = one_step_teacher
+        self.one_step_pairs = one_step_pairs
 
     def weight(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample weight of the x0 distance. ``edm``: Karras et al. 2022 eq. 8 (λ(σ) = 1/c_out²)
@@ -150,8 +198,15 @@ class Objective:
         x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
 
         weight = self.weight(alpha, sigma)
+        if self.kind == "flow_map":
+            return self._one_step(model, x0, batch, generator).mean()
         if self.kind == "dddm":
-            return self._dddm(model, x0, x_t, t, batch, generator, weight)
+            loss = self._dddm(model, x0, x_t, t, batch, generator, weight)
+            if self.one_step_prob > 0:
+                # drawn after the DDDM rows' draws, so one_step_prob = 0 leaves every stream as it was
+                rows = torch.rand(n, generator=generator, device=device)[mine] < self.one_step_prob
+                loss = loss + self._one_step(model, x0, batch, generator, rows)
+            return loss.mean()
         x0_hat = model(x_t, t, None, **cond)
         if self.posterior_mean is not None:
             with torch.no_grad():
@@ -160,6 +215,28 @@ class Objective:
         if self.kind == "eps":
             return distance(eps_from_x0(x_t, x0_hat, alpha, sigma), eps, "mse", 0.0, space).mean()
         return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c, space)).mean()
+
+    def _one_step(self, model, x0: torch.Tensor, batch: LossInputs, generator, rows=None) -> torch.Tensor:
+        """Per-row loss of the DDDM-1 sampler's input (x_T,i and a fresh z⁽⁰⁾ at ``one_step_t``)
+        against the teacher's sample from x_T,i, weighted like any row at that noise level; zero
+        outside ``rows`` (a boolean mask; None: every row)."""
+        if batch.space is not None:
+            raise ValueError("one-step rows are implemented for R^d datasets (the mixture), not on a subspace")
+        (n, mine), device = batch.rows(), x0.device
+        z0 = torch.randn((n, *x0.shape[1:]), generator=generator, device=device, dtype=x0.dtype)[mine]
+        pairs = self.one_step_pairs
+        x_T = pairs.x_T[batch.index].to(x0.dtype)
+        target = pairs.targets(self.one_step_teacher, batch.epoch)[batch.index].to(x0.dtype)
+        if rows is not None:
+            x_T, z0, target = x_T[rows], z0[rows], target[rows]
+        t = torch.full((len(x_T),), self.one_step_t, dtype=torch.float64, device=device)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        x0_hat = model(x_T, t.to(x0.dtype), z0).to(x0.dtype)
+        weight = self.weight(alpha.to(x0.dtype), sigma.to(x0.dtype))
+        loss = weight * distance(x0_hat, target, self.distance_kind, self.huber_c)
+        if rows is None:
+            return loss
+        return torch.zeros(len(rows), dtype=loss.dtype, device=device).masked_scatter(rows, loss)
 
     def _dddm(self, model, x0, x_t, t, batch: LossInputs, generator, weight: torch.Tensor) -> torch.Tensor:
         # Flips are redrawn every epoch, so an estimate stored as the batch saw its image would
@@ -188,6 +265,7 @@ class Objective:
         estimate_term = distance(x0_hat, z, self.distance_kind, self.huber_c, space)
         loss = torch.where(use_estimate, w * data_term + (1 - w) * estimate_term, data_term)
         # Null rows write their old estimate back: no boolean indexing, so no host sync.
-        kept = torch.where(use_estimate.view(-1, *[1] * (x0.ndim - 1)), x0_hat.detach(), z)
+        new = x0_hat.detach() if self.buffer_update == "estimate" else x0
+        kept = torch.where(use_estimate.view(-1, *[1] * (x0.ndim - 1)), new, z)
         self.buffer.write(batch.index, mirror_rows(kept, batch.mirror))
-        return (weight * loss).mean()
+        return weight * loss

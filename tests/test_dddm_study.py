@@ -1,0 +1,193 @@
+"""T8, the DDDM training study: the objective's variants, the one-step rows and their teachers,
+the fixed-point profile, snapshots, and the table built from run directories."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtkrun import runs
+from rtkrun.config import validate
+from rtkrun.data.mog import GaussianMixture
+from rtkrun.diagnostics.fixed_point import fixed_point_profile
+from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, OneStepPairs
+from rtkrun.diffusion.schedules import VPSchedule
+from rtkrun.errors import ConfigError
+from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig
+from rtkrun.report_t8 import variant_label
+from tests.conftest import compose_cfg, rtkrun_in_process
+
+VARIANTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "dddm_variant").glob("*.yaml"))
+
+
+def test_fixed_point_profile_of_linear_maps_is_exact():
+    gen = torch.Generator().manual_seed(0)
+    d = 5
+    A = 0.3 * torch.randn(d, d, generator=gen, dtype=torch.float64)
+    z0, x = (torch.randn(64, d, generator=gen, dtype=torch.float64) for _ in range(2))
+    profile = fixed_point_profile(lambda z, c: z @ A.T + c, z0, context=(x,))
+    norm = float(torch.linalg.matrix_norm(A, 2))
+    assert profile["L_start"] == pytest.approx(norm, rel=1e-9)
+    assert profile["L_end"] == pytest.approx(norm, rel=1e-9)
+    # f = c·Q z + x with Q orthogonal: every fixed-point step is exactly c times the last
+    Q = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+    profile = fixed_point_profile(lambda z, c: 0.6 * z @ Q.T + c, z0, context=(x,))
+    assert profile["contraction"] == pytest.approx(0.6, rel=1e-9)
+    assert profile["L_start"] == pytest.approx(0.6, rel=1e-9)
+
+
+class _Affine(torch.nn.Module):
+    """x0_hat = 0.5·x_t + 0.25·z + 1 (z = None reads as 0): predictable buffer writes."""
+
+    accepts_estimate_mask = True
+
+    def forward(self, x_t, t, z=None, estimate_mask=None):
+        z = torch.zeros_like(x_t) if z is None else z
+        if estimate_mask is not None:
+            z = torch.where(estimate_mask[:, None], z, torch.zeros_like(z))
+        return 0.5 * x_t + 0.25 * z + 1.0
+
+
+def _schedule() -> VPSchedule:
+    from rtkrun.config import typed_group
+    from rtkrun.diffusion.schedules import build_schedule
+
+    return build_schedule(typed_group("schedule", {"name": "cosine"}))
+
+
+@pytest.mark.parametrize("update", ["estimate", "clean"])
+def test_buffer_update_writes_the_estimate_or_the_clean_example(update):
+    x0, index = torch.randn(6, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 0, 7, 2, 9, 5])
+    buffer = EstimateBuffer(10, (2,), torch.Generator().manual_seed(2), "cpu")
+    before = buffer.z.clone()
+    objective = Objective("dddm", _schedule(), null_estimate_prob=0.0, buffer=buffer, buffer_update=update)
+    gen = torch.Generator().manual_seed(3)
+    objective(_Affine(), LossInputs(x0, index, epoch=1), gen)
+    if update == "clean":  # the official code's write: the example itself
+        assert torch.equal(buffer.z[index], x0)
+    else:  # the paper's: the network's prediction from the estimate it read
+        replay = torch.Generator().manual_seed(3)  # the objective's draws: t, then the noise
+        t = objective.sample_t(6, replay, "cpu")
+        alpha, sigma = _schedule().alpha_sigma(t)
+        eps = torch.randn(x0.shape, generator=replay)
+        x_t = alpha.float()[:, None] * x0 + sigma.float()[:, None] * eps
+        assert torch.allclose(buffer.z[index], 0.5 * x_t + 0.25 * before[index] + 1.0, atol=1e-6)
+
+
+def _mixture_pairs(refresh: bool, calls: list[int]) -> tuple[OneStepPairs, object]:
+    mixture = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), 0.3, torch.tensor([0.3, 0.7]))
+    oracle = MogFlowOracle(MogFlowOracleConfig(ode_steps=40), mixture, _schedule())
+
+    def teacher(x_T):
+        calls.append(len(x_T))
+        return oracle(x_T, torch.ones(len(x_T)))
+
+    return OneStepPairs(16, (2,), torch.Generator().manual_seed(0), "cpu", refresh), teacher
+
+
+def test_flow_map_objective_is_zero_at_the_flow_map_and_solves_it_once():
+    calls: list[int] = []
+    pairs, teacher = _mixture_pairs(False, calls)
+    objective = Objective("flow_map", _schedule(), one_step_teacher=teacher, one_step_pairs=pairs)
+    exact = teacher(pairs.x_T)
+    calls.clear()
+
+    class FlowMap(torch.nn.Module):  # the exact map, whatever z is
+        def forward(self, x_t, t, z=None):
+            return exact[(pairs.x_T[:, None] == x_t[None]).all(-1).int().argmax(0)]
+
+    x0, index = torch.zeros(8, 2), torch.arange(8) * 2
+    for epoch in range(3):
+        loss = objective(FlowMap(), LossInputs(x0, index, epoch), torch.Generator().manual_seed(epoch))
+        assert float(loss) < 1e-10
+        zero = objective(lambda x_t, t, z: torch.zeros_like(x_t), LossInputs(x0, index, epoch), torch.Generator())
+        assert float(zero) > 0.05
+    assert calls == [16]  # the exact teacher is solved once for all 16 examples
+
+
+def test_self_distillation_targets_are_refreshed_once_per_epoch_and_masked_rows_match_full_rows():
+    calls: list[int] = []
+    pairs, teacher = _mixture_pairs(True, calls)
+    objective = Objective("dddm", _schedule(), one_step_prob=0.5, one_step_teacher=teacher, one_step_pairs=pairs)
+    x0, index = torch.randn(8, 2), torch.arange(8)
+    batch = LossInputs(x0, index, epoch=0)
+    full = objective._one_step(_Affine(), x0, batch, torch.Generator().manual_seed(5))
+    rows = torch.tensor([True, False, True, True, False, False, True, False])
+    masked = objective._one_step(_Affine(), x0, batch, torch.Generator().manual_seed(5), rows)
+    assert torch.equal(masked[~rows], torch.zeros(4))
+    assert torch.allclose(masked[rows], full[rows])
+    objective._one_step(_Affine(), x0, LossInputs(x0, index, epoch=1), torch.Generator())
+    assert calls == [16, 16]  # epoch 0 and epoch 1, not one solve per call
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_dddm_variant_composes_into_the_t8_experiment(variant):
+    run = validate(compose_cfg("train", ["experiment=t8_mog", f"dddm_variant={variant}"]))
+    assert run.trainer.snapshot_epochs == [1, 3, 10, 30, 100]
+    assert len(run.evaluation.samplers) == 9
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["trainer.objective=x0", "trainer.one_step_prob=0.5"], "one_step_prob"),
+        (["trainer.snapshot_epochs=[0]"], "snapshot_epochs"),
+        (["trainer.buffer_update=x0"], "buffer_update"),
+        (["evaluation.fixed_point_t=0"], "fixed_point_t"),
+    ],
+)
+def test_bad_study_settings_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        validate(compose_cfg("train", overrides))
+
+
+TINY = [
+    "experiment=t8_mog",
+    "dataset.train_size=64",
+    "trainer.batch_size=32",
+    "trainer.max_steps=6",
+    "trainer.log_every=3",
+    "trainer.warmup_steps=0",
+    "trainer.snapshot_epochs=[1,2]",
+    "trainer.one_step_teacher_steps=3",
+    "evaluation.n_samples=100",
+    "evaluation.batch_size=100",
+    "evaluation.fixed_point_points=8",
+    "~evaluation.samplers",
+    "+evaluation.samplers={dddm1:{name:dddm},ddim2:{name:ddim,steps:2}}",
+]
+
+
+def test_t8_runs_keep_snapshots_evaluate_them_and_report_builds_the_table(tmp_path):
+    for variant in ("self_distill", "distill"):
+        proc = rtkrun_in_process("train", *TINY, f"dddm_variant={variant}", f"hydra.run.dir=t8/{variant}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        run_dir = tmp_path / "t8" / variant
+        assert sorted(runs.snapshot_paths(run_dir)) == [1, 2]
+        assert runs.load_checkpoint(runs.snapshot_path(run_dir, 1))["step"] == 2  # 2 steps per epoch
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for prefix in ("eval", "snapshot/epoch=1", "snapshot/epoch=2"):
+            assert metrics[f"{prefix}/dddm1/nfe"] == 1
+            assert metrics[f"{prefix}/ddim2/sliced_w2"] > 0
+            assert 0 <= metrics[f"{prefix}/fixed_point/L_start"] < 100
+    proc = rtkrun_in_process("report", "runs=t8", "out=tables", "hydra.run.dir=rep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "tables" / "T8.csv").open()))
+    assert len(rows) == 2 * 3 * 2  # variants × (two snapshots + final) × samplers
+    assert {r["epoch"] for r in rows} == {"1", "2", "3"}
+    assert {r["variant"] for r in rows} == {
+        "distillation reference (exact flow map)",
+        "w=1 buffer=estimate null=0.5 mse self-distill p=0.25 DDIM-3",
+    }
+    assert all(float(r["ratio/sliced_w2"]) > 0 for r in rows)
+    summary = list(csv.DictReader((tmp_path / "tables" / "T8_summary.csv").open()))
+    assert len(summary) == 6 and {"dddm1", "ddim2", "contraction"} <= set(summary[0])
+    assert (tmp_path / "tables" / "T8.png").stat().st_size > 0
+
+
+def test_variant_labels_name_the_settings():
+    paper = {"objective": "dddm", "dddm_weight": "inverse_epoch", "buffer_update": "clean"}
+    paper.update(null_estimate_prob=0.0, distance="pseudo_huber")
+    assert variant_label(paper) == "w=1/(epoch+1) buffer=clean null=0.0 pseudo_huber"
