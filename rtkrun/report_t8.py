@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
-from rtkrun.runs import save_figure
+from rtkrun.runs import checkpoint_path, load_checkpoint, save_figure, snapshot_path
 
 T8_METRICS = ("sliced_w2", "w2", "mode_tv", "off_mode")
 T8_COLUMNS = [
@@ -30,6 +31,9 @@ T8_COLUMNS = [
     "L_start",
     "L_end",
     "contraction",
+    "buffer/to_prior",
+    "buffer/to_data",
+    "buffer/rms_error",
     "status",
     "run_dir",
 ]
@@ -39,7 +43,9 @@ T8_NOTE = (
     "dddmM: M fixed-point iterations at t_max from z⁽⁰⁾ ~ N(0, I) (the paper's sampler); "
     "dddm_scK: K levels × 1 iteration, each level's z from the last (self-conditioned); ddimK: DDIM "
     "with K steps. `L_start`, `L_end`: median ‖∂f/∂z‖₂ at t_max at z⁽⁰⁾ and after 3 iterations; "
-    "`contraction`: median per-iteration factor of the fixed-point steps (< 1 converges)."
+    "`contraction`: median per-iteration factor of the fixed-point steps (< 1 converges). "
+    "`buffer/…`: the training estimates z_i in that checkpoint: sliced W2 to N(0, I) (the sampler's "
+    "z⁽⁰⁾) and to the data distribution, and the RMS per-coordinate distance of z_i to its own example x0_i."
 )
 SAMPLER_ORDER = ("dddm1", "dddm2", "dddm4", "dddm_sc2", "dddm_sc4", "dddm_sc10", "ddim2", "ddim4", "ddim10")
 
@@ -65,6 +71,36 @@ def variant_label(trainer: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def buffer_profile(buffer: torch.Tensor, dataset_cfg: dict[str, Any], seed: int = 0) -> dict[str, float]:
+    """Where DDDM's training estimates sit: sliced W2 of the buffer to N(0, I), the DDDM
+    sampler's z⁽⁰⁾ (sample against sample), and to the mixture (against its exact quantiles),
+    and the RMS per-coordinate distance of each z_i to its own training example x0_i."""
+    from rtkrun.config import typed_group
+    from rtkrun.data.mog import build
+    from rtkrun.metrics.mog import projection_directions, sliced_w2, sliced_w2_to_mixture
+
+    dataset = build(typed_group("dataset", dataset_cfg))
+    z = buffer.double().flatten(1)
+    gen = torch.Generator().manual_seed(seed)
+    directions = projection_directions(dataset.mixture, 64, gen)
+    prior = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+    x0 = dataset.get_batch(torch.arange(len(z))).double().flatten(1)
+    return {
+        "buffer/to_prior": round(sliced_w2(z, prior, directions), 4),
+        "buffer/to_data": round(sliced_w2_to_mixture(dataset.mixture, z, directions), 4),
+        "buffer/rms_error": round(float(((z - x0) ** 2).mean().sqrt()), 4),
+    }
+
+
+def _buffer_at(run_dir: Path, prefix: str, dataset_cfg: dict[str, Any]) -> dict[str, float]:
+    epoch = re.match(r"snapshot/epoch=(\d+)", prefix)
+    path = snapshot_path(run_dir, int(epoch.group(1))) if epoch else checkpoint_path(run_dir)
+    if not path.exists():
+        return {}
+    buffer = load_checkpoint(path).get("buffer")
+    return {} if buffer is None else buffer_profile(buffer, dataset_cfg)
+
+
 def t8_rows(run_dir: Path) -> list[dict[str, Any]]:
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
     trainer, dataset = cfg["trainer"], cfg["dataset"]
@@ -84,6 +120,7 @@ def t8_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for prefix, epoch in sorted(models.items(), key=lambda kv: kv[1]):
         profile = {k: m.get(f"{prefix}/fixed_point/{k}") for k in ("L_start", "L_end", "contraction")}
+        profile.update(_buffer_at(run_dir, prefix, dataset))
         for label in order:
             get = lambda k, p=f"{prefix}/{label}/": m.get(p + k)  # noqa: E731
             row = {**base, "epoch": epoch, "sampler": label, "nfe": get("nfe"), **profile, "status": m.get("status")}
@@ -106,9 +143,9 @@ def t8_summary(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[s
         entry = table.setdefault(
             key, {"dim": r["dim"], "variant": r["variant"], "epoch": r["epoch"], "contraction": r["contraction"]}
         )
-        entry["L_start"] = r["L_start"]
+        entry.update({k: r.get(k) for k in ("L_start", "buffer/to_prior", "buffer/rms_error")})
         entry[r["sampler"]] = r.get("ratio/sliced_w2")
-    columns = ["dim", "variant", "epoch", *samplers, "L_start", "contraction"]
+    columns = ["dim", "variant", "epoch", *samplers, "L_start", "contraction", "buffer/to_prior", "buffer/rms_error"]
     return [table[k] for k in sorted(table, key=lambda k: (k[0], k[1], k[2]))], columns
 
 

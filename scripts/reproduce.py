@@ -1,8 +1,9 @@
-"""Regenerate every table of PAPER_TABLES.md (T1–T7) and its figures into outputs/tables/.
+"""Regenerate every table of PAPER_TABLES.md (T1–T8) and its figures into outputs/tables/.
 
 ``--size small`` (``make reproduce-small``) runs the whole pipeline at CPU sizes on the real
 commands: T1/T2 sweeps on the 2-D mixture, T3 diagnostics, T4 on real QM9 molecules with a
-small EGNN trained for a few minutes, T5 on CIFAR-10 when the data are present, T6 and T7.
+small EGNN trained for a few minutes, T5 on CIFAR-10 when the data are present, T6, T7 and the
+DDDM training study T8 (every `dddm_variant`, snapshots at log-spaced epochs).
 ``--size full`` (``make reproduce``) runs the papers' protocol: larger sweeps, EDM's EGNN and
 the reference U-Net (GPU; days of training), so it is meant for a GPU machine or a cluster.
 Every table is built from run directories by the same code as ``rtkrun report``; each step's
@@ -31,6 +32,7 @@ SIZES = {
     "small": {
         "mog_dims": ["2"],
         "t3_dims": ["2"],
+        "t8_dims": "2",
         "t7": ["--dims", "2", "8", "32", "128", "--seeds", "2"],
         "qm9": ["experiment=qm9_cpu", "trainer.max_steps=600", "evaluation.n_samples=100", "evaluation.batch_size=100"],
         "qm9_data_n": "1000",
@@ -46,6 +48,7 @@ SIZES = {
     "full": {
         "mog_dims": ["2", "16", "64"],
         "t3_dims": ["2", "16"],
+        "t8_dims": "2,16",
         "t7": [],
         "qm9": ["dataset=qm9"],
         "qm9_data_n": "10000",
@@ -103,6 +106,15 @@ def main() -> None:
 
     step("T6", [PYTHON, "scripts/make_t6.py", "--out", str(out)], timings)
     step("T7", [PYTHON, "scripts/make_t7.py", *size["t7"], "--out", str(out)], timings)
+
+    t8 = root / "t8"
+    step(
+        "T8 train",
+        [RTKRUN, "train", "-m", "experiment=t8_mog", f"dataset.dim={size['t8_dims']}", f"hydra.sweep.dir={t8}"],
+        timings,
+    )
+    report = [RTKRUN, "report", f"runs={t8}", f"out={out}", f"hydra.run.dir={root / 't8_report'}"]
+    step("T8 table", report, timings)
 
     total = time.time() - started
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"

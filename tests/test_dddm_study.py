@@ -172,6 +172,9 @@ def test_t8_runs_keep_snapshots_evaluate_them_and_report_builds_the_table(tmp_pa
             assert metrics[f"{prefix}/dddm1/nfe"] == 1
             assert metrics[f"{prefix}/ddim2/sliced_w2"] > 0
             assert 0 <= metrics[f"{prefix}/fixed_point/L_start"] < 100
+    snap = runs.snapshot_path(tmp_path / "t8" / "distill", 2)
+    proc = rtkrun_in_process("sample", f"ckpt={snap}", "sampler=dddm", "n_samples=50", "hydra.run.dir=s", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # a snapshot is a checkpoint like last.pt
     proc = rtkrun_in_process("report", "runs=t8", "out=tables", "hydra.run.dir=rep", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "tables" / "T8.csv").open()))
@@ -183,7 +186,9 @@ def test_t8_runs_keep_snapshots_evaluate_them_and_report_builds_the_table(tmp_pa
     }
     assert all(float(r["ratio/sliced_w2"]) > 0 for r in rows)
     summary = list(csv.DictReader((tmp_path / "tables" / "T8_summary.csv").open()))
-    assert len(summary) == 6 and {"dddm1", "ddim2", "contraction"} <= set(summary[0])
+    assert len(summary) == 6 and {"dddm1", "ddim2", "contraction", "buffer/to_prior"} <= set(summary[0])
+    with_buffer = [r for r in rows if r["variant"].startswith("w=1")]
+    assert all(float(r["buffer/to_prior"]) >= 0 and float(r["buffer/rms_error"]) > 0 for r in with_buffer)
     assert (tmp_path / "tables" / "T8.png").stat().st_size > 0
 
 
@@ -191,3 +196,19 @@ def test_variant_labels_name_the_settings():
     paper = {"objective": "dddm", "dddm_weight": "inverse_epoch", "buffer_update": "clean"}
     paper.update(null_estimate_prob=0.0, distance="pseudo_huber")
     assert variant_label(paper) == "w=1/(epoch+1) buffer=clean null=0.0 pseudo_huber"
+
+
+def test_buffer_profile_is_zero_where_the_buffer_holds_the_examples_themselves():
+    from rtkrun.report_t8 import buffer_profile
+
+    cfg = {"name": "mog", "dim": 2, "train_size": 2000}
+    from rtkrun.config import typed_group
+    from rtkrun.data.mog import build
+
+    x0 = build(typed_group("dataset", cfg)).get_batch(torch.arange(2000))
+    profile = buffer_profile(x0, cfg)
+    assert profile["buffer/rms_error"] == 0.0
+    assert profile["buffer/to_data"] < 0.1  # 2,000 exact samples against the exact quantiles
+    assert profile["buffer/to_prior"] > 0.4  # the ring of radius 2 (0.56) is far from N(0, I)
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(9))
+    assert buffer_profile(noise, cfg)["buffer/to_prior"] < 0.1
