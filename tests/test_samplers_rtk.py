@@ -337,8 +337,24 @@ def test_exact_energy_evaluations_are_counted_apart_from_nfe():
     settings = {"segments": 2, "warmup_steps": 1, "inner_steps": 3, "energy": "exact", "curvature": "model"}
     result = _counted("rtk_mala", settings, oracle)
     assert result.nfe == 1 + 2 * (1 + 4)
-    assert result.stats["energy_evals"] == 2 * 2 * 4  # two log_prob calls per MALA step
+    # one log_prob call per MALA step (at its proposal) plus one at each segment's start: the
+    # current state's value is kept from the step that made it
+    assert result.stats["energy_evals"] == 2 * (1 + 4)
     assert len(result.stats["acceptance"]) == len(result.stats["step_size"]) == 2
+
+
+def test_kept_log_prob_gives_the_same_chain_as_recomputing_it(monkeypatch):
+    from rtkrun.samplers import rtk
+
+    dataset = MogDataset(MogConfig(**{**MIXTURES[2].__dict__, "train_size": 1}))
+    oracle = MogOracle(dataset.mixture, CosineSchedule())
+    settings = {"segments": 3, "warmup_steps": 4, "inner_steps": 6, "energy": "exact"}
+    kept = _counted("rtk_mala", settings, oracle)
+    monkeypatch.setattr(rtk.SegmentTarget, "moved", lambda self, state, accept: None)  # recompute every time
+    recomputed = _counted("rtk_mala", settings, oracle)
+    assert torch.equal(kept.x0, recomputed.x0)
+    assert kept.stats["acceptance"] == recomputed.stats["acceptance"]
+    assert recomputed.stats["energy_evals"] == 2 * 3 * 10 and kept.stats["energy_evals"] == 3 * 11
 
 
 def test_batch_stats_cover_every_batch():

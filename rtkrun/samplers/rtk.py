@@ -48,6 +48,11 @@ class SegmentTarget:
         self.a = (a_t / self.alpha_s).to(dtype)
         self.b = (s_t**2 - (a_t / self.alpha_s) ** 2 * self.sigma_s**2).clamp_min(1e-30).to(dtype)
         self.energy_evals = 0
+        # exact energy: log p_s of the chain's current state, kept from the step that made it
+        # (the accepted proposal's value, or the value the rejection kept), so each MALA step
+        # calls log_prob once, at its proposal
+        self._log_p: tuple[torch.Tensor, torch.Tensor] | None = None  # (state, log p_s(state))
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (old, proposal) of the last diff
         if energy == "gauss_legendre":
             nodes, weights = np.polynomial.legendre.leggauss(gl_nodes)
             self.gl = [(0.5 * (u + 1.0), 0.5 * w) for u, w in zip(nodes.tolist(), weights.tolist())]
@@ -80,12 +85,26 @@ class SegmentTarget:
     def log_p_diff(self, y, y_new, score, score_new) -> torch.Tensor:
         """log p_s(y_new) − log p_s(y), shape (B,)."""
         if self.energy == "exact":
-            self.energy_evals += 2
-            return self.net.log_prob(y_new, self.s.expand(y.shape[0])) - self.net.log_prob(y, self.s.expand(y.shape[0]))
+            s = self.s.expand(y.shape[0])
+            if self._log_p is not None and self._log_p[0] is y:
+                old = self._log_p[1]
+            else:
+                old = self.net.log_prob(y, s)
+                self.energy_evals += 1
+            new = self.net.log_prob(y_new, s)
+            self.energy_evals += 1
+            self._pending = (old, new)
+            return new - old
         delta = y_new - y
         if self.energy == "trapezoid":
             return 0.5 * _sum((score + score_new) * delta)
         return sum(w * _sum(self.score(y + u * delta) * delta) for u, w in self.gl)
+
+    def moved(self, state: torch.Tensor, accept: torch.Tensor) -> None:
+        """The chain is now ``state`` (the proposal where ``accept``): keep its log p_s."""
+        if self._pending is not None:
+            old, new = self._pending
+            self._log_p, self._pending = (state, torch.where(accept, new, old)), None
 
 
 def curvature_guess(target: SegmentTarget, y: torch.Tensor, score: torch.Tensor, how: str, generator) -> torch.Tensor:
@@ -143,7 +162,9 @@ def mala_step(target: SegmentTarget, y, score, tau, generator, center=None, radi
     if radius is not None:
         accept &= (proposal - center).flatten(1).norm(dim=1) <= radius
     keep = _bcast(accept, y)
-    return torch.where(keep, proposal, y), torch.where(keep, score_new, score), accept, log_ratio
+    state = torch.where(keep, proposal, y)
+    target.moved(state, accept)
+    return state, torch.where(keep, score_new, score), accept, log_ratio
 
 
 def acceptance_probability(log_ratio: torch.Tensor) -> torch.Tensor:
