@@ -65,40 +65,50 @@ def variant_label(trainer: dict[str, Any]) -> str:
         f"buffer={trainer.get('buffer_update', 'estimate')}",
         f"null={trainer.get('null_estimate_prob')}",
         str(trainer.get("distance")),
+        f"λ={trainer.get('noise_weighting')}",
     ]
     if trainer.get("one_step_prob"):
         parts.append(f"self-distill p={trainer['one_step_prob']} DDIM-{trainer.get('one_step_teacher_steps')}")
     return " ".join(parts)
 
 
-def buffer_profile(buffer: torch.Tensor, dataset_cfg: dict[str, Any], seed: int = 0) -> dict[str, float]:
+PROFILE_ROWS = 2000  # estimates compared as distributions (sliced W2); the RMS error uses all
+
+
+def buffer_profile(buffer: torch.Tensor, dataset, seed: int = 0) -> dict[str, float]:
     """Where DDDM's training estimates sit: sliced W2 of the buffer to N(0, I), the DDDM
     sampler's z⁽⁰⁾ (sample against sample), and to the mixture (against its exact quantiles),
-    and the RMS per-coordinate distance of each z_i to its own training example x0_i."""
-    from rtkrun.config import typed_group
-    from rtkrun.data.mog import build
+    on the first ``PROFILE_ROWS`` examples; and the RMS per-coordinate distance of each z_i to
+    its own training example x0_i."""
     from rtkrun.metrics.mog import projection_directions, sliced_w2, sliced_w2_to_mixture
 
-    dataset = build(typed_group("dataset", dataset_cfg))
     z = buffer.double().flatten(1)
     gen = torch.Generator().manual_seed(seed)
     directions = projection_directions(dataset.mixture, 64, gen)
-    prior = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+    some = z[:PROFILE_ROWS]
+    prior = torch.randn(some.shape, generator=gen, dtype=torch.float64)
     x0 = dataset.get_batch(torch.arange(len(z))).double().flatten(1)
     return {
-        "buffer/to_prior": round(sliced_w2(z, prior, directions), 4),
-        "buffer/to_data": round(sliced_w2_to_mixture(dataset.mixture, z, directions), 4),
+        "buffer/to_prior": round(sliced_w2(some, prior, directions), 4),
+        "buffer/to_data": round(sliced_w2_to_mixture(dataset.mixture, some, directions), 4),
         "buffer/rms_error": round(float(((z - x0) ** 2).mean().sqrt()), 4),
     }
 
 
-def _buffer_at(run_dir: Path, prefix: str, dataset_cfg: dict[str, Any]) -> dict[str, float]:
+def _buffer_at(run_dir: Path, prefix: str, dataset) -> dict[str, float]:
     epoch = re.match(r"snapshot/epoch=(\d+)", prefix)
     path = snapshot_path(run_dir, int(epoch.group(1))) if epoch else checkpoint_path(run_dir)
     if not path.exists():
         return {}
     buffer = load_checkpoint(path).get("buffer")
-    return {} if buffer is None else buffer_profile(buffer, dataset_cfg)
+    return {} if buffer is None else buffer_profile(buffer, dataset)
+
+
+def _mog(dataset_cfg: dict[str, Any]):
+    from rtkrun.config import typed_group
+    from rtkrun.data.mog import build
+
+    return build(typed_group("dataset", dataset_cfg))
 
 
 def t8_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -116,11 +126,13 @@ def t8_rows(run_dir: Path) -> list[dict[str, Any]]:
         if found:
             models[f"snapshot/epoch={found.group(1)}"] = int(found.group(1))
     samplers = (cfg.get("evaluation") or {}).get("samplers", {})
+    data = _mog(dataset) if trainer.get("objective") == "dddm" else None
     order = [s for s in SAMPLER_ORDER if s in samplers] + [s for s in samplers if s not in SAMPLER_ORDER]
     rows = []
     for prefix, epoch in sorted(models.items(), key=lambda kv: kv[1]):
         profile = {k: m.get(f"{prefix}/fixed_point/{k}") for k in ("L_start", "L_end", "contraction")}
-        profile.update(_buffer_at(run_dir, prefix, dataset))
+        if data is not None:
+            profile.update(_buffer_at(run_dir, prefix, data))
         for label in order:
             get = lambda k, p=f"{prefix}/{label}/": m.get(p + k)  # noqa: E731
             row = {**base, "epoch": epoch, "sampler": label, "nfe": get("nfe"), **profile, "status": m.get("status")}
@@ -137,15 +149,17 @@ def t8_summary(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[s
     samplers = [s for s in SAMPLER_ORDER if any(r.get("sampler") == s for r in rows)]
     table: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("sampler") is None:
+        if r.get("sampler") is None:  # a job that left no metrics: listed, never dropped
+            table[(r["dim"], r["variant"], -1)] = {"dim": r["dim"], "variant": r["variant"], "status": r.get("status")}
             continue
         key = (r["dim"], r["variant"], r["epoch"])
         entry = table.setdefault(
             key, {"dim": r["dim"], "variant": r["variant"], "epoch": r["epoch"], "contraction": r["contraction"]}
         )
-        entry.update({k: r.get(k) for k in ("L_start", "buffer/to_prior", "buffer/rms_error")})
+        entry.update({k: r.get(k) for k in ("L_start", "buffer/to_prior", "buffer/rms_error", "status")})
         entry[r["sampler"]] = r.get("ratio/sliced_w2")
     columns = ["dim", "variant", "epoch", *samplers, "L_start", "contraction", "buffer/to_prior", "buffer/rms_error"]
+    columns.append("status")
     return [table[k] for k in sorted(table, key=lambda k: (k[0], k[1], k[2]))], columns
 
 
@@ -164,7 +178,7 @@ def plot_t8(rows: list[dict[str, Any]], path: Path, samplers: tuple[str, ...] = 
     for i, dim in enumerate(dims):
         for j, sampler in enumerate(samplers):
             ax = axes[i][j]
-            mine = [r for r in rows if r["dim"] == dim and r["sampler"] == sampler and r.get("ratio/sliced_w2")]
+            mine = [r for r in rows if r["dim"] == dim and r.get("sampler") == sampler and r.get("ratio/sliced_w2")]
             for variant in sorted({r["variant"] for r in mine}):
                 pts = sorted((max(r["epoch"], 0.5), r["ratio/sliced_w2"]) for r in mine if r["variant"] == variant)
                 ax.plot(*zip(*pts), marker="o", label=variant)

@@ -175,17 +175,24 @@ def test_t8_runs_keep_snapshots_evaluate_them_and_report_builds_the_table(tmp_pa
     snap = runs.snapshot_path(tmp_path / "t8" / "distill", 2)
     proc = rtkrun_in_process("sample", f"ckpt={snap}", "sampler=dddm", "n_samples=50", "hydra.run.dir=s", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # a snapshot is a checkpoint like last.pt
+    crashed = tmp_path / "t8" / "crashed" / ".hydra"  # a job that died before metrics.json (a NaN loss)
+    crashed.mkdir(parents=True)
+    (crashed / "config.yaml").write_text((tmp_path / "t8" / "distill" / ".hydra" / "config.yaml").read_text())
     proc = rtkrun_in_process("report", "runs=t8", "out=tables", "hydra.run.dir=rep", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader((tmp_path / "tables" / "T8.csv").open()))
+    assert [r["status"] for r in rows if r["run_dir"].endswith("crashed")] == ["failed or unfinished"]
+    rows = [r for r in rows if not r["run_dir"].endswith("crashed")]
     assert len(rows) == 2 * 3 * 2  # variants × (two snapshots + final) × samplers
     assert {r["epoch"] for r in rows} == {"1", "2", "3"}
     assert {r["variant"] for r in rows} == {
         "distillation reference (exact flow map)",
-        "w=1 buffer=estimate null=0.5 mse self-distill p=0.25 DDIM-3",
+        "w=1 buffer=estimate null=0.5 mse λ=edm self-distill p=0.25 DDIM-3",
     }
     assert all(float(r["ratio/sliced_w2"]) > 0 for r in rows)
     summary = list(csv.DictReader((tmp_path / "tables" / "T8_summary.csv").open()))
+    assert [r["status"] for r in summary if not r["epoch"]] == ["failed or unfinished"]
+    summary = [r for r in summary if r["epoch"]]
     assert len(summary) == 6 and {"dddm1", "ddim2", "contraction", "buffer/to_prior"} <= set(summary[0])
     with_buffer = [r for r in rows if r["variant"].startswith("w=1")]
     assert all(float(r["buffer/to_prior"]) >= 0 and float(r["buffer/rms_error"]) > 0 for r in with_buffer)
@@ -194,21 +201,21 @@ def test_t8_runs_keep_snapshots_evaluate_them_and_report_builds_the_table(tmp_pa
 
 def test_variant_labels_name_the_settings():
     paper = {"objective": "dddm", "dddm_weight": "inverse_epoch", "buffer_update": "clean"}
-    paper.update(null_estimate_prob=0.0, distance="pseudo_huber")
-    assert variant_label(paper) == "w=1/(epoch+1) buffer=clean null=0.0 pseudo_huber"
+    paper.update(null_estimate_prob=0.0, distance="pseudo_huber", noise_weighting="none")
+    assert variant_label(paper) == "w=1/(epoch+1) buffer=clean null=0.0 pseudo_huber λ=none"
 
 
 def test_buffer_profile_is_zero_where_the_buffer_holds_the_examples_themselves():
     from rtkrun.report_t8 import buffer_profile
 
-    cfg = {"name": "mog", "dim": 2, "train_size": 2000}
     from rtkrun.config import typed_group
     from rtkrun.data.mog import build
 
-    x0 = build(typed_group("dataset", cfg)).get_batch(torch.arange(2000))
-    profile = buffer_profile(x0, cfg)
+    dataset = build(typed_group("dataset", {"name": "mog", "dim": 2, "train_size": 2000}))
+    x0 = dataset.get_batch(torch.arange(2000))
+    profile = buffer_profile(x0, dataset)
     assert profile["buffer/rms_error"] == 0.0
     assert profile["buffer/to_data"] < 0.1  # 2,000 exact samples against the exact quantiles
     assert profile["buffer/to_prior"] > 0.4  # the ring of radius 2 (0.56) is far from N(0, I)
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(9))
-    assert buffer_profile(noise, cfg)["buffer/to_prior"] < 0.1
+    assert buffer_profile(noise, dataset)["buffer/to_prior"] < 0.1
