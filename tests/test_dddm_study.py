@@ -206,10 +206,9 @@ def test_variant_labels_name_the_settings():
 
 
 def test_buffer_profile_is_zero_where_the_buffer_holds_the_examples_themselves():
-    from rtkrun.report_t8 import buffer_profile
-
     from rtkrun.config import typed_group
     from rtkrun.data.mog import build
+    from rtkrun.report_t8 import buffer_profile
 
     dataset = build(typed_group("dataset", {"name": "mog", "dim": 2, "train_size": 2000}))
     x0 = dataset.get_batch(torch.arange(2000))
