@@ -59,7 +59,9 @@ def main() -> None:
             run("sample", "-m", "experiment=t1_mog_dddm", f"dataset.dim={d}", f"{sweep}/flow_oracle")
             run("sample", "-m", "experiment=t1_mog_energy", f"dataset.dim={d}", f"{sweep}/energy")
             learned = root / "train" / f"d{d}"
-            run("train", *T1_DATASET, f"dataset.dim={d}", f"hydra.run.dir={learned}", "~evaluation.samplers")
+            # the DDDM-trained network T8 recommends (docs/t8-mog.md): one network for every sampler
+            variant = "dddm_variant=self_distill"
+            run("train", *T1_DATASET, variant, f"dataset.dim={d}", f"hydra.run.dir={learned}", "~evaluation.samplers")
             run(
                 "sample",
                 "-m",
