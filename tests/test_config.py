@@ -52,7 +52,7 @@ def test_every_experiment_composes(option):
 def test_dataset_brings_its_defaults():
     run = validate(compose_cfg("train", ["dataset=mog"]))
     assert (run.model.name, run.schedule.name, run.trainer.objective) == ("mog_mlp", "cosine", "dddm")
-    assert set(run.evaluation.samplers) == {"ddim50", "ddpm200"}
+    assert set(run.evaluation.samplers) == {"ddim50", "ddpm200", "dddm1", "dddm2", "dddm_sc10"}  # issue 16 item 7
     run = validate(compose_cfg("train", ["dataset=cifar10"]))
     assert (run.model.name, run.model.channels, run.schedule.name) == ("dddm_unet", 128, "linear")
     assert (run.trainer.lr, run.trainer.batch_size, run.trainer.ema_decay) == (1e-4, 128, 0.9999)
