@@ -163,7 +163,8 @@ def mala_step(target: SegmentTarget, y, score, tau, generator, center=None, radi
         accept &= (proposal - center).flatten(1).norm(dim=1) <= radius
     keep = _bcast(accept, y)
     state = torch.where(keep, proposal, y)
-    target.moved(state, accept)
+    if hasattr(target, "moved"):  # a target that keeps the energy of the chain's state
+        target.moved(state, accept)
     return state, torch.where(keep, score_new, score), accept, log_ratio
 
 
