@@ -189,7 +189,10 @@ class Trainer:
         if teacher is not None:
             gen = torch.Generator().manual_seed(sample_seed(run.seed, 7_000_000))
             refresh = tc.objective != "flow_map"  # the EMA teacher improves; the exact one does not
-            pairs = OneStepPairs(len(dataset), tuple(dataset.sample_shape), gen, device, refresh)
+            space_of = None
+            if hasattr(dataset, "space_of"):
+                space_of = lambda index: dataset.space_of(dataset.get_batch(index.cpu()).to(device))  # noqa: E731
+            pairs = OneStepPairs(len(dataset), tuple(dataset.sample_shape), gen, device, refresh, space_of)
         self.objective = Objective(
             tc.objective,
             schedule,
@@ -261,10 +264,15 @@ class Trainer:
                     f"not {dataset.cfg.name}"
                 )
             oracle = MogFlowOracle(MogFlowOracleConfig(), dataset.mixture, schedule)
-            return lambda x_T: oracle(x_T, t_max.expand(len(x_T)))
+            return lambda x_T, space: oracle(x_T, t_max.expand(len(x_T)))
         if tc.one_step_prob > 0:
-            steps, ema = tc.one_step_teacher_steps, self.ema
-            return lambda x_T: ddim(ema, x_T, schedule, generator=None, steps=steps, t_max=tc.one_step_t).x0
+            steps = tc.one_step_teacher_steps
+
+            def solve(x_T: torch.Tensor, space) -> torch.Tensor:
+                net = self.ema if space is None else space.bind(self.ema)
+                return ddim(net, x_T, schedule, generator=None, steps=steps, t_max=tc.one_step_t).x0
+
+            return solve
         return None
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -406,7 +414,7 @@ class Trainer:
             log.info("resumed from %s at step %d", self.ckpt_path, self.step)
         if self.step >= tc.max_steps:
             log.info("training already finished (step %d of %d)", self.step, tc.max_steps)
-            return {"train/steps": self.step, "train/final_loss": self.last_loss}
+            return {"train/steps": self.step, "train/final_loss": self.last_loss, **self._epoch_size()}
 
         self.model.train()
         start_step, start_time, last_ckpt = self.step, time.time(), time.time()
@@ -422,7 +430,12 @@ class Trainer:
             bar.close()
         seconds = time.time() - start_time
         log.info("trained %d steps in %.1f s; checkpoint %s", self.step - start_step, seconds, self.ckpt_path)
-        return {"train/steps": self.step, "train/final_loss": self.last_loss, "train/seconds_this_session": seconds}
+        trained = {"train/steps": self.step, "train/final_loss": self.last_loss, "train/seconds_this_session": seconds}
+        return {**trained, **self._epoch_size()}
+
+    def _epoch_size(self) -> dict[str, int]:
+        """What an epoch is here (T8's epoch axis reads it): steps, and examples per step."""
+        return {"train/steps_per_epoch": self.steps_per_epoch, "train/batch_size": self.batch_size}
 
     def _loop(self, stop: StopSignals, start_step, start_time, last_ckpt, bar, order_epoch, order) -> None:
         tc, main = self.cfg, self.place.is_main

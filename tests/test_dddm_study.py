@@ -80,7 +80,8 @@ def _mixture_pairs(refresh: bool, calls: list[int]) -> tuple[OneStepPairs, objec
     mixture = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), 0.3, torch.tensor([0.3, 0.7]))
     oracle = MogFlowOracle(MogFlowOracleConfig(ode_steps=40), mixture, _schedule())
 
-    def teacher(x_T):
+    def teacher(x_T, space):
+        assert space is None
         calls.append(len(x_T))
         return oracle(x_T, torch.ones(len(x_T)))
 
@@ -91,7 +92,7 @@ def test_flow_map_objective_is_zero_at_the_flow_map_and_solves_it_once():
     calls: list[int] = []
     pairs, teacher = _mixture_pairs(False, calls)
     objective = Objective("flow_map", _schedule(), one_step_teacher=teacher, one_step_pairs=pairs)
-    exact = teacher(pairs.x_T)
+    exact = teacher(pairs.x_T, None)
     calls.clear()
 
     class FlowMap(torch.nn.Module):  # the exact map, whatever z is
@@ -104,10 +105,10 @@ def test_flow_map_objective_is_zero_at_the_flow_map_and_solves_it_once():
         assert float(loss) < 1e-10
         zero = objective(lambda x_t, t, z: torch.zeros_like(x_t), LossInputs(x0, index, epoch), torch.Generator())
         assert float(zero) > 0.05
-    assert calls == [16]  # the exact teacher is solved once for all 16 examples
+    assert calls == [8]  # the exact teacher is solved once, for the 8 examples ever drawn
 
 
-def test_self_distillation_targets_are_refreshed_once_per_epoch_and_masked_rows_match_full_rows():
+def test_self_distillation_solves_each_drawn_row_once_per_epoch_and_masked_rows_match_full_rows():
     calls: list[int] = []
     pairs, teacher = _mixture_pairs(True, calls)
     objective = Objective("dddm", _schedule(), one_step_prob=0.5, one_step_teacher=teacher, one_step_pairs=pairs)
@@ -118,8 +119,15 @@ def test_self_distillation_targets_are_refreshed_once_per_epoch_and_masked_rows_
     masked = objective._one_step(_Affine(), x0, batch, torch.Generator().manual_seed(5), rows)
     assert torch.equal(masked[~rows], torch.zeros(4))
     assert torch.allclose(masked[rows], full[rows])
-    objective._one_step(_Affine(), x0, LossInputs(x0, index, epoch=1), torch.Generator())
-    assert calls == [16, 16]  # epoch 0 and epoch 1, not one solve per call
+    assert calls == [8]  # the second call found its rows solved in this epoch
+    later = LossInputs(x0[:4], torch.arange(8, 12), epoch=0)
+    objective._one_step(_Affine(), later.x0, later, torch.Generator(), torch.tensor([True, False, True, False]))
+    assert calls == [8, 2]  # only the rows used, only the ones not yet solved
+    objective._one_step(_Affine(), x0, LossInputs(x0, index, epoch=1), torch.Generator(), rows)
+    assert calls == [8, 2, 4]  # a new epoch: the EMA teacher moved, so drawn rows are solved again
+    assert pairs.solved.tolist() == [1, 0, 1, 1, 0, 0, 1, 0, 0, -1, 0, -1, -1, -1, -1, -1]
+    done = pairs.solved >= 0
+    torch.testing.assert_close(pairs.target[done], teacher(pairs.x_T[done], None))  # this teacher is fixed
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -218,3 +226,51 @@ def test_buffer_profile_is_zero_where_the_buffer_holds_the_examples_themselves()
     assert profile["buffer/to_prior"] > 0.4  # the ring of radius 2 (0.56) is far from N(0, I)
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(9))
     assert buffer_profile(noise, dataset)["buffer/to_prior"] < 0.1
+
+
+def test_t8_on_molecules_trains_self_distillation_on_the_subspace_and_reports_stability(tmp_path):
+    """T8 on QM9 (experiment=t8_qm9) on a fixture of real molecules: the one-step rows run on
+    the zero-CoM subspace, snapshots are scored by stability, the fixed-point profile is
+    measured on molecules, and the report writes its own table (T8_qm9) beside nothing else."""
+    from tests.qm9_fixture import build_qm9_fixture, first_real_molecules
+
+    tarball = build_qm9_fixture(tmp_path / "qm9", first_real_molecules(120))
+    env = {"RTKRUN_CACHE": str(tmp_path / "cache")}
+    args = [
+        "experiment=t8_qm9",
+        "dddm_variant=self_distill",
+        "dataset.source=figshare",
+        f"dataset.root={tarball}",
+        "dataset.limit=64",
+        "trainer.batch_size=32",
+        "trainer.max_steps=4",
+        "trainer.warmup_steps=0",
+        "trainer.snapshot_epochs=[1]",
+        "trainer.one_step_teacher_steps=2",
+        "evaluation.n_samples=8",
+        "evaluation.batch_size=8",
+        "evaluation.fixed_point_points=4",
+        "~evaluation.samplers",
+        "+evaluation.samplers={dddm1:{name:dddm},ddim2:{name:ddim,steps:2}}",
+        "hydra.run.dir=t8q",
+    ]
+    proc = rtkrun_in_process("train", *args, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "t8q" / "metrics.json").read_text())
+    assert metrics["train/steps_per_epoch"] == 2
+    state = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "t8q"))
+    solved = state["one_step"]["solved"]
+    assert solved.max() == 1 and (solved >= 0).sum() > 0  # rows were drawn and solved in epochs 0 and 1
+    for prefix in ("eval", "snapshot/epoch=1"):
+        assert 0.0 <= metrics[f"{prefix}/dddm1/atom_stability"] <= 1.0
+        assert 0 < metrics[f"{prefix}/fixed_point/L_start"] < 100
+    proc = rtkrun_in_process("report", "runs=t8q", "out=tables", "hydra.run.dir=rep", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "tables" / "T8.csv").exists() and not (tmp_path / "tables" / "T4.csv").exists()
+    rows = list(csv.DictReader((tmp_path / "tables" / "T8_qm9.csv").open()))
+    assert len(rows) == 2 * 2 and {r["data"] for r in rows} == {"qm9 first 64"}
+    assert {r["epoch"] for r in rows} == {"1", "2"}
+    assert all(0 <= float(r["atom_stability"]) <= 100 and 0 < float(r["buffer/rms"]) for r in rows)
+    summary = list(csv.DictReader((tmp_path / "tables" / "T8_qm9_summary.csv").open()))
+    assert [r["epoch"] for r in summary] == ["1", "2"] and "buffer/to_prior" not in summary[0]
+    assert (tmp_path / "tables" / "T8_qm9.png").stat().st_size > 0

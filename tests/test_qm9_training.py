@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rtkrun.config import validate
-from rtkrun.data.qm9 import MoleculeSpace
-from rtkrun.diffusion.objectives import LossInputs, Objective, distance
+from rtkrun.data.qm9 import MoleculeSpace, mask_of
+from rtkrun.diffusion.objectives import LossInputs, Objective, OneStepPairs, distance
 from rtkrun.diffusion.schedules import PolynomialSchedule
 from rtkrun.trainer import AdaptiveClip
 from tests.conftest import compose_cfg
@@ -67,6 +67,56 @@ def test_objective_feeds_the_model_zero_com_noise_and_its_mask():
         assert torch.equal(seen["node_mask"], mask)
         x_t = seen["x_t"]
         assert (x_t[~mask] == 0).all() and ((x_t[..., :3] * mask[..., None]).sum(1)).abs().max() < 1e-5
+
+
+def test_one_step_rows_on_molecules_stay_in_each_example_s_subspace():
+    """Self-distillation's one-step rows on a subspace: x_T,i and z⁽⁰⁾ are the standard normal
+    of example i's own space, the teacher gets that space, and a masked row subset gets the
+    rows' own node masks (the loss equals the full call's rows)."""
+    counts = torch.tensor([3, 7, 29, 12, 5, 9])
+    x0_all = MoleculeSpace(torch.arange(29)[None] < counts[:, None]).project(
+        torch.randn(6, 29, 9, generator=torch.Generator().manual_seed(0))
+    )
+    space_of = lambda index: MoleculeSpace(mask_of(x0_all[index]))  # noqa: E731
+    seen = []
+
+    def teacher(x_T, space):
+        seen.append(space.mask)
+        return space.project(x_T + 1.0)
+
+    pairs = OneStepPairs(6, (29, 9), torch.Generator().manual_seed(1), "cpu", True, space_of)
+    full_space = space_of(torch.arange(6))
+    torch.testing.assert_close(pairs.x_T, full_space.project(pairs.x_T))  # zero CoM, no padding
+    assert pairs.x_T[full_space.mask].abs().min() > 0
+
+    calls = []
+
+    def model(x_t, t, z=None, node_mask=None):
+        calls.append((x_t, z, node_mask))
+        assert torch.equal(x_t[~node_mask], torch.zeros_like(x_t[~node_mask]))
+        assert (x_t[..., :3].sum(1)).abs().max() < 1e-5 and (z[..., :3].sum(1)).abs().max() < 1e-5
+        return MoleculeSpace(node_mask).project(0.5 * x_t)
+
+    objective = Objective(
+        "dddm", PolynomialSchedule(), one_step_prob=1.0, one_step_teacher=teacher, one_step_pairs=pairs
+    )
+    index = torch.tensor([4, 1, 2, 0])
+    batch = LossInputs(x0_all[index], index, 0, None, space_of(index))
+    full = objective._one_step(model, batch.x0, batch, torch.Generator().manual_seed(2))
+    assert len(seen) == 1 and torch.equal(seen[0], full_space.mask[index])  # the batch's rows, their masks
+    # the loss is the mean over each molecule's real entries of (x_T/2 − (x_T + 1) projected)²
+    target = full_space.project(pairs.x_T + 1.0)[index]
+    torch.testing.assert_close(pairs.target[index], target)
+    expected = (
+        batch.space.mean_sq(0.5 * pairs.x_T[index], target)
+        * objective.weight(*PolynomialSchedule().alpha_sigma(torch.ones(4, dtype=torch.float64))).float()
+    )
+    torch.testing.assert_close(full, expected)
+    rows = torch.tensor([False, True, True, False])
+    masked = objective._one_step(model, batch.x0, batch, torch.Generator().manual_seed(2), rows)
+    assert torch.equal(calls[-1][2], batch.space.mask[rows])
+    torch.testing.assert_close(masked[rows], full[rows])
+    assert torch.equal(masked[~rows], torch.zeros(2))
 
 
 def test_dataset_qm9_picks_edm_settings():

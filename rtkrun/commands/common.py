@@ -60,7 +60,7 @@ def start_batch(model, dataset, noise):
     module = DATASETS[dataset.cfg.name][1]
     if hasattr(dataset, "sampling_start"):
         x_T, space, noise = dataset.sampling_start(noise)
-        return module.BoundDenoiser(model, space), x_T, noise, space.mask
+        return space.bind(model), x_T, noise, space.mask
     return model, module.prior(noise, tuple(dataset.sample_shape)), noise, None
 
 
@@ -69,7 +69,7 @@ def bind_to_data(model, dataset, x0: torch.Tensor):
     examples' node mask bound in; else the model itself."""
     if not hasattr(dataset, "space_of"):
         return model
-    return DATASETS[dataset.cfg.name][1].BoundDenoiser(model, dataset.space_of(x0))
+    return dataset.space_of(x0).bind(model)
 
 
 class CompiledNetwork:

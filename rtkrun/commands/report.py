@@ -36,7 +36,7 @@ from rtkrun.report import (
     t7_row,
     write_table,
 )
-from rtkrun.report_t8 import T8_COLUMNS, T8_NOTE, is_t8_run, plot_t8, t8_rows, t8_summary
+from rtkrun.report_t8 import SUMMARY_METRIC, T8_COLUMNS, T8_NOTE, is_t8_run, plot_t8, t8_rows, t8_summary
 from rtkrun.rundir import provenance
 
 log = logging.getLogger("rtkrun")
@@ -61,12 +61,12 @@ def damage(run_dir: Path) -> str | None:
 def _kind(run_dir: Path) -> str:
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     command = cfg.get("command")
+    if command == "train" and is_t8_run(OmegaConf.to_container(cfg, resolve=False)):
+        return "T8"  # a training study on any dataset
     if command in ("sample", "train", "evaluate"):
         dataset = dataset_of(run_dir)
         if dataset in ("qm9", "cifar10"):
             return {"qm9": "T4", "cifar10": "T5"}[dataset]
-    if command == "train" and is_t8_run(OmegaConf.to_container(cfg, resolve=False)):
-        return "T8"
     if command == "train":
         trainer, model = cfg.get("trainer") or {}, cfg.get("model") or {}
         return "T6" if trainer.get("fixed_t") is not None and model.get("name") == "mog_student" else "other"
@@ -128,14 +128,21 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         write_table(rows, T7_COLUMNS, out / "T7", "T7: DDPM steps vs dimension with the exact score", note)
         written["T7"] = len(rows)
         written.update({f"T7/exponent/{g}": k for g, k in fits.items()})
-    if groups["T8"]:
-        rows = [row for p in groups["T8"] for row in t8_rows(p)]
-        write_table(rows, T8_COLUMNS, out / "T8", "T8: the DDDM training study", T8_NOTE)
-        summary, columns = t8_summary(rows)
-        note = "Sliced W2 ÷ true-vs-true baseline per evaluation sampler; every number of T8.md."
-        write_table(summary, columns, out / "T8_summary", "T8 summary: sliced W2 ratio by variant and epoch", note)
-        plot_t8(rows, out / "T8.png")
-        written["T8"] = len(rows)
+    t8 = [row for p in groups["T8"] for row in t8_rows(p)]
+    for kind, stem, title, metric_name in (
+        ("mog", "T8", "the DDDM training study", "sliced W2 ÷ true-vs-true baseline"),
+        ("qm9", "T8_qm9", "the DDDM training study on QM9", "atom stability (%)"),
+    ):
+        rows = [r for r in t8 if r["kind"] == kind]
+        if not rows:
+            continue
+        write_table(rows, T8_COLUMNS[kind], out / stem, f"{stem}: {title}", T8_NOTE[kind])
+        summary, columns = t8_summary(rows, SUMMARY_METRIC[kind])
+        note = f"{metric_name[0].upper()}{metric_name[1:]} per evaluation sampler; every number of {stem}.md."
+        heading = f"{stem} summary: {metric_name} by variant and epoch"
+        write_table(summary, columns, out / f"{stem}_summary", heading, note)
+        plot_t8(rows, out / f"{stem}.png", metric=SUMMARY_METRIC[kind])
+        written[stem] = len(rows)
     if damaged:
         write_table(damaged, ["directory", "problem"], out / "damaged", "Run directories left out: damaged files")
     if not written:

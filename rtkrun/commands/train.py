@@ -21,7 +21,16 @@ from typing import Any
 import torch
 
 from rtkrun import distributed, runs
-from rtkrun.commands.common import build_parts, describe, draw_samples, flatten, recorded_stats, resolve_device, score
+from rtkrun.commands.common import (
+    build_parts,
+    describe,
+    draw_samples,
+    flatten,
+    recorded_stats,
+    resolve_device,
+    score,
+    start_batch,
+)
 from rtkrun.config import digest, to_dict
 from rtkrun.diagnostics.fixed_point import fixed_point_profile
 from rtkrun.loggers import NullTracker, make_tracker
@@ -29,7 +38,7 @@ from rtkrun.metrics.mog import mean_recovery
 from rtkrun.models import needs_training
 from rtkrun.rundir import provenance, read_metrics
 from rtkrun.samples_file import save_samples
-from rtkrun.seeding import sample_seed
+from rtkrun.seeding import SampleNoise, sample_seed
 from rtkrun.trainer import Trainer
 
 log = logging.getLogger("rtkrun")
@@ -167,13 +176,15 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
 
 def fixed_point_at_top(model, dataset, ev, device) -> dict[str, float]:
     """The DDDM-1 sampler's start, measured: ``evaluation.fixed_point_points`` pairs
-    (x_T, z⁽⁰⁾) ~ N(0, I)² from the evaluation seed, at t = ``evaluation.fixed_point_t``."""
-    gen = torch.Generator().manual_seed(sample_seed(ev.seed, FIXED_POINT_STREAM))
-    shape = (ev.fixed_point_points, *dataset.sample_shape)
-    x_T, z0 = (torch.randn(shape, generator=gen).to(device) for _ in range(2))
-    t = torch.full((len(x_T),), ev.fixed_point_t, device=device)
+    (x_T, z⁽⁰⁾), each the sampler's prior (on a subspace dataset, the molecule's own zero-CoM
+    Gaussian, its atom count drawn as sampling draws it), from their own streams of the
+    evaluation seed, at t = ``evaluation.fixed_point_t``."""
+    noise = SampleNoise.for_range(sample_seed(ev.seed, FIXED_POINT_STREAM), 0, ev.fixed_point_points, device=device)
     model.eval()
-    return fixed_point_profile(lambda z, x, tt: model(x, tt, z), z0, context=(x_T, t))
+    denoiser, x_T, noise, _ = start_batch(model, dataset, noise)
+    z0 = noise.randn(*dataset.sample_shape)
+    t = torch.full((len(x_T),), ev.fixed_point_t, device=device)
+    return fixed_point_profile(lambda z, x, tt: denoiser(x, tt, z), z0, context=(x_T, t))
 
 
 def _all_evaluated(run, previous: dict[str, Any], steps: int) -> bool:

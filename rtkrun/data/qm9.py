@@ -158,6 +158,14 @@ class MoleculeSpace:
     def cond(self) -> dict[str, torch.Tensor]:
         return {"node_mask": self.mask}
 
+    def bind(self, model: torch.nn.Module) -> BoundDenoiser:
+        """``model`` as a denoiser of this space's batch (the one sampler signature)."""
+        return BoundDenoiser(model, self)
+
+    def take(self, rows: torch.Tensor) -> MoleculeSpace:
+        """The space of a subset of the batch (rows: a boolean mask or indices)."""
+        return MoleculeSpace(self.mask[rows])
+
     def mean_sq(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-molecule mean of squares over its real entries (padding does not dilute it)."""
         return ((a - b) ** 2 * self.mask[..., None]).flatten(1).sum(1) / self.entries.to(a.dtype)

@@ -91,31 +91,48 @@ class EstimateBuffer:
 
 class OneStepPairs:
     """The one-step rows' inputs and targets, one pair per training example i: a fixed
-    x_T,i ~ N(0, I) and the teacher's sample from it. A fixed teacher (the exact flow map) is
-    solved once; the EMA teacher of self-distillation is re-solved at the start of each epoch,
-    so one DDIM solve per example per epoch, not per visit. z⁽⁰⁾ is drawn fresh at every visit:
-    the sampler's z⁽⁰⁾ is independent of x_T."""
+    x_T,i ~ N(0, I) and the teacher's sample from it. Targets are solved when a row first needs
+    them: once for a fixed teacher (the exact flow map), and for the EMA teacher of
+    self-distillation again at the first use in each later epoch. So an example costs one
+    teacher solve per epoch in which it is drawn as a one-step row, not one per example per
+    epoch (at ``one_step_prob`` = ¼ that is a quarter of the work). z⁽⁰⁾ is drawn fresh at every
+    visit: the sampler's z⁽⁰⁾ is independent of x_T."""
 
-    def __init__(self, n: int, shape: tuple[int, ...], generator: torch.Generator, device, refresh: bool) -> None:
+    def __init__(
+        self, n: int, shape: tuple[int, ...], generator: torch.Generator, device, refresh: bool, space_of=None
+    ) -> None:
+        # space_of(index) -> the examples' subspace (molecules: their atoms, zero centre of mass),
+        # or None for R^d: x_T,i is then the standard normal of example i's own subspace.
+        self.space_of = space_of
         self.x_T = torch.randn(n, *shape, generator=generator).to(device)
-        self.target: torch.Tensor | None = None
-        self.epoch = -1  # the epoch whose teacher made ``target``
+        if space_of is not None:
+            for index in torch.arange(n, device=device).split(4096):
+                self.x_T[index] = space_of(index).project(self.x_T[index])
+        self.target = torch.zeros_like(self.x_T)
+        self.solved = torch.full((n,), -1, dtype=torch.long, device=device)  # the epoch each target was solved in
         self.refresh = refresh
 
-    def targets(self, teacher, epoch: int, chunk: int = 4096) -> torch.Tensor:
-        if self.target is None or (self.refresh and epoch != self.epoch):
+    def targets(self, teacher, epoch: int, index: torch.Tensor) -> torch.Tensor:
+        """The targets of examples ``index`` (distinct), solving the stale ones with
+        ``teacher(x_T, space)`` (space None on R^d)."""
+        stale = self.solved[index] < (epoch if self.refresh else 0)
+        if stale.any():
+            need = index[stale]
+            space = None if self.space_of is None else self.space_of(need)
             with torch.no_grad():
-                self.target = torch.cat([teacher(x) for x in self.x_T.split(chunk)])
-            self.epoch = epoch
-        return self.target
+                self.target[need] = teacher(self.x_T[need], space).to(self.target.dtype)
+            self.solved[need] = epoch
+        return self.target[index]
 
     def state(self) -> dict[str, Any]:
-        return {"target": None if self.target is None else self.target.cpu(), "epoch": self.epoch}
+        return {"target": self.target.cpu(), "solved": self.solved.cpu()}
 
     def load(self, state: dict[str, Any]) -> None:
-        target = state["target"]
-        self.target = None if target is None else target.to(self.x_T.device)
-        self.epoch = int(state["epoch"])
+        if "solved" not in state:  # written before per-row solving: every target from one epoch, or none
+            solved = torch.full_like(self.solved, int(state["epoch"]) if state["target"] is not None else -1)
+            state = {"target": self.target if state["target"] is None else state["target"], "solved": solved}
+        self.target = state["target"].to(self.x_T.device)
+        self.solved = state["solved"].to(self.x_T.device)
 
 
 class Objective:
@@ -220,20 +237,23 @@ class Objective:
         """Per-row loss of the DDDM-1 sampler's input (x_T,i and a fresh z⁽⁰⁾ at ``one_step_t``)
         against the teacher's sample from x_T,i, weighted like any row at that noise level; zero
         outside ``rows`` (a boolean mask; None: every row)."""
-        if batch.space is not None:
-            raise ValueError("one-step rows are implemented for R^d datasets (the mixture), not on a subspace")
         (n, mine), device = batch.rows(), x0.device
         z0 = torch.randn((n, *x0.shape[1:]), generator=generator, device=device, dtype=x0.dtype)[mine]
-        pairs = self.one_step_pairs
-        x_T = pairs.x_T[batch.index].to(x0.dtype)
-        target = pairs.targets(self.one_step_teacher, batch.epoch)[batch.index].to(x0.dtype)
+        index, space = batch.index, batch.space
         if rows is not None:
-            x_T, z0, target = x_T[rows], z0[rows], target[rows]
+            index, z0 = index[rows], z0[rows]
+            space = None if space is None else space.take(rows)
+        pairs = self.one_step_pairs
+        x_T = pairs.x_T[index].to(x0.dtype)
+        target = pairs.targets(self.one_step_teacher, batch.epoch, index).to(x0.dtype)
+        cond = {}
+        if space is not None:  # the sampler's z⁽⁰⁾ is the subspace's standard normal too
+            z0, cond = space.project(z0), space.cond
         t = torch.full((len(x_T),), self.one_step_t, dtype=torch.float64, device=device)
         alpha, sigma = self.schedule.alpha_sigma(t)
-        x0_hat = model(x_T, t.to(x0.dtype), z0).to(x0.dtype)
+        x0_hat = model(x_T, t.to(x0.dtype), z0, **cond).to(x0.dtype)
         weight = self.weight(alpha.to(x0.dtype), sigma.to(x0.dtype))
-        loss = weight * distance(x0_hat, target, self.distance_kind, self.huber_c)
+        loss = weight * distance(x0_hat, target, self.distance_kind, self.huber_c, space)
         if rows is None:
             return loss
         return torch.zeros(len(rows), dtype=loss.dtype, device=device).masked_scatter(rows, loss)
