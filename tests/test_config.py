@@ -11,7 +11,7 @@ from tests.conftest import compose_cfg
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("default_"))
-    for group in ("model", "schedule", "sampler", "logger", "experiment", "sweep")
+    for group in ("model", "schedule", "sampler", "logger", "experiment", "sweep", "trainer", "evaluation")
 }
 
 
@@ -115,3 +115,29 @@ def test_launcher_presets_compose(preset, target):
     assert launcher._target_.endswith(target) and launcher.timeout_min > 0
     if preset == "slurm":
         assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0
+
+
+@pytest.mark.parametrize("group", ["trainer", "evaluation"])
+def test_every_schema_key_is_in_every_option_s_yaml(group):
+    """Each trainer and evaluation option lists every key of its schema, so any key can be
+    overridden on the command line (Hydra rejects a key the YAML lacks) and the YAML is the
+    place a user reads the defaults."""
+    import dataclasses
+
+    from rtkrun.config import EvaluationConfig, TrainerConfig
+
+    schema = {f.name for f in dataclasses.fields({"trainer": TrainerConfig, "evaluation": EvaluationConfig}[group])}
+    for option in GROUP_OPTIONS[group]:
+        dataset = {"cifar10": "cifar10", "qm9": "qm9", "qm9_smoke": "qm9", "t8_qm9": "qm9"}.get(option, "mog")
+        composed = compose_cfg("train", [f"dataset={dataset}", f"{group}={option}"])[group]
+        assert schema <= set(composed), (option, sorted(schema - set(composed)))
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.optimizer=sgd", "trainer.fixed_t=0.5", "trainer.fresh_data=true", "trainer.rao_blackwell=true"]
+)
+def test_trainer_research_keys_override_on_every_dataset(override):
+    for dataset in ("mog", "qm9", "cifar10"):
+        key, value = override.split("=")
+        run = validate(compose_cfg("train", [f"dataset={dataset}", override]))
+        assert str(getattr(run.trainer, key.split(".")[1])).lower() == value
