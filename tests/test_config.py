@@ -141,3 +141,24 @@ def test_trainer_research_keys_override_on_every_dataset(override):
         key, value = override.split("=")
         run = validate(compose_cfg("train", [f"dataset={dataset}", override]))
         assert str(getattr(run.trainer, key.split(".")[1])).lower() == value
+
+
+@pytest.mark.parametrize("choice", ["qm9_smoke", "none"])
+def test_an_evaluation_choice_replaces_the_experiment_s_samplers(choice):
+    """`experiment=qm9_cpu evaluation=qm9_smoke` runs qm9_smoke's samplers only (the experiment's
+    DDPM-1000 used to be merged in), and evaluation=none runs none."""
+    chosen = compose_cfg("train", ["dataset=qm9", f"evaluation={choice}"]).evaluation
+    composed = compose_cfg("train", ["experiment=qm9_cpu", f"evaluation={choice}"]).evaluation
+    assert dict(composed.samplers) == dict(chosen.samplers)
+    assert composed.n_samples == chosen.n_samples
+    assert set(compose_cfg("train", ["experiment=qm9_cpu"]).evaluation.samplers) == {"ddpm1000", "ddim50", "dddm2"}
+
+
+def test_no_experiment_writes_evaluation_samplers_into_its_body():
+    """An experiment picks its evaluation as a group option: samplers written in its body would be
+    merged into whatever evaluation the user chooses after it."""
+    import yaml
+
+    for path in sorted((Path(CONF_DIR) / "experiment").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text()) or {}
+        assert "samplers" not in (body.get("evaluation") or {}), path.name
