@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -344,14 +345,22 @@ def plot_quality_vs_nfe(rows: list[dict[str, Any]], path: Path, metric: str = "s
     save_figure(fig, path, fix=OUT_FIX, dpi=100)
 
 
+def natural_key(text: Any) -> tuple:
+    """Sort key that orders the numbers inside a label by value: steps=5 before steps=10,
+    step_size=0.05 before step_size=0.1."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", str(text))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
+
+
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by model, dimension, sampler, its settings (numbers by value) and NFE."""
     return sorted(
         rows,
         key=lambda r: (
             str(r["model"]),
-            r["dim"],
-            r["sampler"],
-            r["variant"],
+            r["dim"] or 0,
+            str(r["sampler"]),
+            natural_key(r["variant"]),
             r.get("nfe_budget") or 0,
             r.get("nfe") or 0,
         ),

@@ -133,9 +133,11 @@ def test_every_schema_key_is_in_every_option_s_yaml(group):
         assert schema <= set(composed), (option, sorted(schema - set(composed)))
 
 
-@pytest.mark.parametrize(
-    "override", ["trainer.optimizer=sgd", "trainer.fixed_t=0.5", "trainer.fresh_data=true", "trainer.rao_blackwell=true"]
-)
+RESEARCH_KEYS = ["trainer.optimizer=sgd", "trainer.fixed_t=0.5", "trainer.fresh_data=true"]
+RESEARCH_KEYS += ["trainer.rao_blackwell=true"]
+
+
+@pytest.mark.parametrize("override", RESEARCH_KEYS)
 def test_trainer_research_keys_override_on_every_dataset(override):
     for dataset in ("mog", "qm9", "cifar10"):
         key, value = override.split("=")

@@ -112,3 +112,25 @@ def test_report_command_sorts_runs_into_tables(tmp_path):
     assert metrics["rows/T6"] == 1 and metrics["rows/T7"] == 2 and metrics["rows/T1_T2"] == 1
     missing = run_cli("report", f"runs={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
+
+
+def test_sort_rows_orders_numbers_inside_labels_by_value():
+    from rtkrun.report import natural_key
+
+    base = {"model": "mog_oracle", "dim": 2, "sampler": "ddim"}
+    rows = [{**base, "variant": v} for v in ("steps=10", "steps=5", "steps=100", "steps=20")]
+    rows += [{**base, "sampler": "rtk_mala", "variant": f"step_size={h}"} for h in ("0.1", "0.05", "1e-3", "0.5")]
+    rows.append({**base, "dim": 16, "variant": "steps=5"})
+    ordered = [(r["dim"], r["variant"]) for r in sort_rows(rows)]
+    assert ordered == [
+        (2, "steps=5"),
+        (2, "steps=10"),
+        (2, "steps=20"),
+        (2, "steps=100"),
+        (2, "step_size=1e-3"),
+        (2, "step_size=0.05"),
+        (2, "step_size=0.1"),
+        (2, "step_size=0.5"),
+        (16, "steps=5"),
+    ]
+    assert natural_key("a2b") < natural_key("a10b") and natural_key("") == ()

@@ -28,6 +28,7 @@ from rtkrun.report import (
     is_t7_run,
     plot_quality_vs_nfe,
     sample_row,
+    sort_rows,
     t4_quoted_rows,
     t4_rows,
     t5_quoted_rows,
@@ -91,7 +92,7 @@ def report(run, run_dir: Path) -> dict[str, Any]:
     t7_dirs = sorted({p.parent for root in roots for p in root.rglob("metrics.json") if is_t7_run(p.parent)})
     written: dict[str, Any] = {}
     if groups["T1_T2"]:
-        rows = [sample_row(p) for p in groups["T1_T2"]]
+        rows = sort_rows([sample_row(p) for p in groups["T1_T2"]])
         write_table(rows, SAMPLE_COLUMNS, out / "T1_T2", "T1/T2: samplers on the mixture of Gaussians", SAMPLE_NOTE)
         plot_quality_vs_nfe([r for r in rows if r.get("status") == "complete"], out / "T1_T2.png")
         written["T1_T2"] = len(rows)
