@@ -316,6 +316,17 @@ def write_docs_page(docs: str | Path, script: str, tables: list[Path], figure: P
     atomic_write_bytes(Path(docs), (head + body).encode())
 
 
+def baseline_levels(rows: list[dict[str, Any]], metric: str) -> dict[Any, float]:
+    """The true-vs-true level of ``metric`` per sample size n (mean over the rows of that n),
+    by increasing n. The level falls with n, so each n keeps its own: one mean over sizes would
+    let a sampler at n = 10,000 look better than the data at n = 2,000."""
+    by_n: dict[Any, list[float]] = {}
+    for r in rows:
+        if r.get(f"baseline/{metric}") is not None:
+            by_n.setdefault(r.get("n"), []).append(r[f"baseline/{metric}"])
+    return {n: sum(v) / len(v) for n, v in sorted(by_n.items(), key=lambda kv: kv[0] or 0)}
+
+
 def plot_quality_vs_nfe(rows: list[dict[str, Any]], path: Path, metric: str = "sliced_w2") -> None:
     import matplotlib
 
@@ -334,11 +345,13 @@ def plot_quality_vs_nfe(rows: list[dict[str, Any]], path: Path, metric: str = "s
         for label in sorted({(r["sampler"], r["variant"]) for r in rs}):
             pts = sorted((r["nfe"], r[metric]) for r in rs if (r["sampler"], r["variant"]) == label)
             ax.plot(*zip(*pts), marker="o", label=" ".join(x for x in label if x))
-        base = [r[f"baseline/{metric}"] for r in rs if r.get(f"baseline/{metric}") is not None]
-        if base:
-            level = sum(base) / len(base)
-            ax.axhline(level, color="k", ls="--", lw=1, label="true vs true")
-            ax.set_ylim(top=min(ax.get_ylim()[1], 1000 * level))  # a diverging sampler leaves the frame
+        levels = baseline_levels(rs, metric)
+        styles = ("--", ":", "-.", (0, (1, 4)))
+        for k, (n, level) in enumerate(levels.items()):
+            label = "true vs true" if len(levels) == 1 else f"true vs true, n = {n}"
+            ax.axhline(level, color="k", ls=styles[k % len(styles)], lw=1, label=label)
+        if levels:  # a diverging sampler leaves the frame
+            ax.set_ylim(top=min(ax.get_ylim()[1], 1000 * max(levels.values())))
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric, title=f"{model}, d = {dim}")
         ax.legend(fontsize=7)
     fig.tight_layout()

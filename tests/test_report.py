@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from omegaconf import OmegaConf
 
 from rtkrun.report import SAMPLE_COLUMNS, find_runs, sample_row, sort_rows, write_table
@@ -134,3 +135,15 @@ def test_sort_rows_orders_numbers_inside_labels_by_value():
         (16, "steps=5"),
     ]
     assert natural_key("a2b") < natural_key("a10b") and natural_key("") == ()
+
+
+def test_baselines_are_kept_per_sample_size():
+    from rtkrun.report import baseline_levels
+
+    rows = [
+        {"n": 10000, "baseline/sliced_w2": 0.04},
+        {"n": 2000, "baseline/sliced_w2": 0.1},
+        {"n": 2000, "baseline/sliced_w2": 0.12},
+        {"n": 2000},
+    ]
+    assert baseline_levels(rows, "sliced_w2") == {2000: pytest.approx(0.11), 10000: 0.04}
