@@ -184,10 +184,13 @@ def describe(scores: dict[str, Any]) -> str:
         )
     if "fid" in scores:
         return f"FID {scores['fid']:.3f} (n={scores['fid_n']} vs {scores['fid_reference_n']} training images)"
-    return (
+    line = (
         f"sliced W2 {scores['sliced_w2']:.4g} (true vs true {scores['baseline/sliced_w2']:.4g}), "
         f"mode TV {scores['mode_tv']:.3g}"
     )
+    if scores.get("off_mode") is not None:  # the metric that exposes samples bridging the modes
+        line += f", off-mode {100 * scores['off_mode']:.1f} %"
+    return line
 
 
 RECORDED_STATS = ("acceptance", "step_size", "energy_evals", "contraction", "residual")
