@@ -96,4 +96,5 @@ def save_samples(
     if dataset is not None:
         module.save_picture(samples, dataset, path.with_suffix(".png"), title=title, **extras)
     if hasattr(module, "write_files"):
-        module.write_files(samples, path, **extras)
+        sampler = "data" if sampler_cfg is None else sampler_cfg.name
+        module.write_files(samples, path, **extras, properties={"sampler": sampler, "nfe": nfe, "seed": seed})

@@ -81,11 +81,19 @@ def test_metrics_on_real_training_molecules_reproduce_the_published_data_row(tra
 def test_sdf_round_trips_through_rdkit(training_molecules, tmp_path):
     from rdkit import Chem
 
-    numbers, positions = training_molecules.numbers[:5], training_molecules.positions[:5].astype(np.float64)
-    molecules.write_sdf(numbers, positions, tmp_path / "m.sdf")
+    numbers, positions = training_molecules.numbers[:5].copy(), training_molecules.positions[:5].astype(np.float64)
+    positions[4] *= 0.5  # squeezed: every bond too short, so not stable (and not valid)
+    molecules.write_sdf(numbers, positions, tmp_path / "m.sdf", {"sampler": "ddim", "nfe": 50, "seed": 3})
     read = [m for m in Chem.SDMolSupplier(str(tmp_path / "m.sdf"), sanitize=False)]
     assert len(read) == 5
+    smiles = molecules.smiles_of(numbers, positions)
+    stable = molecules.stable_molecules(numbers, molecules.stable_atoms(numbers, positions))
+    assert stable[:4].all() and not stable[4]
     for b, mol in enumerate(read):
         n = int((numbers[b] > 0).sum())
         assert [a.GetAtomicNum() for a in mol.GetAtoms()] == numbers[b, :n].tolist()
         np.testing.assert_allclose(mol.GetConformer().GetPositions(), positions[b, :n], atol=1e-4)
+        props = mol.GetPropsAsDict()
+        assert props["index"] == b and props["sampler"] == "ddim" and props["nfe"] == 50 and props["seed"] == 3
+        assert props["smiles"] == (smiles[b] or "") and props["valid"] == int(smiles[b] is not None)
+        assert props["stable"] == int(stable[b])

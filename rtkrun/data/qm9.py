@@ -286,9 +286,10 @@ def save_picture(samples: torch.Tensor, dataset, path, title: str = "", node_mas
     molecules.save_grid(numbers, positions, path, title=title)
 
 
-def write_files(samples: torch.Tensor, path: Path, node_mask=None) -> None:
-    """``<path>.sdf``: every sample with its inferred bonds and 3-D coordinates."""
+def write_files(samples: torch.Tensor, path: Path, node_mask=None, properties: dict | None = None) -> None:
+    """``<path>.sdf``: every sample with its inferred bonds and 3-D coordinates, its index,
+    SMILES, validity and stability, and ``properties`` (sampler, NFE, seed) on every record."""
     from rtkrun.metrics import molecules
 
     numbers, positions = decode(samples, node_mask_of(samples, node_mask))
-    molecules.write_sdf(numbers, positions, Path(path).with_suffix(".sdf"))
+    molecules.write_sdf(numbers, positions, Path(path).with_suffix(".sdf"), properties)

@@ -16,6 +16,7 @@ import io
 import logging
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,17 +92,26 @@ def bond_orders(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return order * pair
 
 
-def stability(numbers: np.ndarray, positions: np.ndarray) -> dict[str, float]:
-    """Atom stability (pooled over atoms) and molecule stability, as fractions."""
+def stable_atoms(numbers: np.ndarray, positions: np.ndarray, orders: np.ndarray | None = None) -> np.ndarray:
+    """(B, N) bool: real atoms whose bond orders sum to their valence."""
     types = type_indices(numbers)
     real = types >= 0
-    valence_sum = bond_orders(numbers, positions).sum(-1)
-    stable = (valence_sum == VALENCE[np.where(real, types, 0)]) & real
-    atoms_stable = stable.sum()
-    molecule_stable = (stable | ~real).all(1) & real.any(1)
+    orders = bond_orders(numbers, positions) if orders is None else orders
+    return (orders.sum(-1) == VALENCE[np.where(real, types, 0)]) & real
+
+
+def stable_molecules(numbers: np.ndarray, stable: np.ndarray) -> np.ndarray:
+    """(B,) bool: molecules with at least one atom, all of them stable."""
+    real = numbers > 0
+    return (stable | ~real).all(1) & real.any(1)
+
+
+def stability(numbers: np.ndarray, positions: np.ndarray) -> dict[str, float]:
+    """Atom stability (pooled over atoms) and molecule stability, as fractions."""
+    stable = stable_atoms(numbers, positions)
     return {
-        "atom_stability": float(atoms_stable / max(real.sum(), 1)),
-        "mol_stability": float(molecule_stable.mean()),
+        "atom_stability": float(stable.sum() / max((numbers > 0).sum(), 1)),
+        "mol_stability": float(stable_molecules(numbers, stable).mean()),
         "n_molecules": int(len(numbers)),
     }
 
@@ -193,17 +203,26 @@ def score_molecules(
     return out
 
 
-def write_sdf(numbers: np.ndarray, positions: np.ndarray, path: str | Path) -> None:
+def write_sdf(
+    numbers: np.ndarray, positions: np.ndarray, path: str | Path, properties: dict[str, Any] | None = None
+) -> None:
     """All molecules, with their inferred bonds and 3-D coordinates, as one SDF (atomically);
-    molecules that do not sanitise are written unsanitised, so nothing is dropped."""
+    molecules that do not sanitise are written unsanitised, so nothing is dropped. Each record
+    carries its index, canonical SMILES (empty when invalid), valid and stable (0/1), plus
+    ``properties`` shared by every record (sampler, NFE, seed)."""
     Chem = _rdkit()
     orders = bond_orders(numbers, positions)
+    stable = stable_molecules(numbers, stable_atoms(numbers, positions, orders))
     buf = io.StringIO()
     writer = Chem.SDWriter(buf)
     writer.SetKekulize(False)
     for b in range(len(numbers)):
         mol = build_molecule(numbers[b], positions[b], orders[b])
+        smiles = canonical_smiles(Chem.Mol(mol))
         mol.SetProp("_Name", f"sample {b}")
+        record = {"index": b, "smiles": smiles or "", "valid": int(smiles is not None), "stable": int(stable[b])}
+        for key, value in {**record, **(properties or {})}.items():
+            mol.SetProp(key, str(value))
         writer.write(mol)
     writer.close()
     runs.atomic_write_bytes(path, buf.getvalue().encode())
