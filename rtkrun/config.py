@@ -49,6 +49,7 @@ class TrainerConfig:
     ckpt_every: int = 500  # steps
     ckpt_minutes: float = 10.0  # also checkpoint on this wall-clock timer
     log_every: int = 100
+    log_seconds: float = 30.0  # also log on this timer (and after the first step), so progress shows within seconds
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA; weights and optimizer stay fp32)
     channels_last: bool = False  # NHWC memory format for image models (faster convolutions on GPUs)
@@ -84,6 +85,7 @@ class TrainerConfig:
         _choice(self, "distance", ("mse", "pseudo_huber"))
         _choice(self, "noise_weighting", ("edm", "none"))
         _choice(self, "dddm_weight", ("inverse_epoch", "data_only"))
+        _positive(self, "log_seconds")
         for key in ("max_steps", "batch_size", "ckpt_every", "log_every"):
             _at_least(self, key, 1)
         for key in ("lr", "ckpt_minutes", "t_min"):

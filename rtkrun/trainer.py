@@ -46,6 +46,36 @@ def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Te
     return torch.stack([dataset[int(i)][0] for i in indices])
 
 
+def duration(seconds: float) -> str:
+    """4 s, 3m05s, 2h07m, 350d04h: two units at most."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+DAY = 86_400.0
+
+
+def too_long_warning(eta_seconds: float, device_type: str) -> str | None:
+    """A one-time warning when the projected time left on a CPU exceeds a day: the preset is
+    sized for GPUs (the README's quick checks are sized for a CPU)."""
+    if device_type != "cpu" or eta_seconds <= DAY:
+        return None
+    return (
+        f"at this rate training needs {duration(eta_seconds)} more on the CPU: this preset is sized for GPUs. "
+        "For a check on a CPU use a CPU-sized preset (experiment=qm9_cpu for QM9, model=dddm_unet_small "
+        "trainer=smoke for CIFAR-10) or lower trainer.max_steps; the README's Quick check lists them"
+    )
+
+
 class StopSignals:
     """SIGTERM and SIGUSR2 (cluster preemption and timeout) and SIGINT (Ctrl-C) become a request
     to stop at the next step boundary, where a consistent checkpoint can be written; a handler
@@ -440,6 +470,7 @@ class Trainer:
     def _loop(self, stop: StopSignals, start_step, start_time, last_ckpt, bar, order_epoch, order) -> None:
         tc, main = self.cfg, self.place.is_main
         loss_sum, loss_count = torch.zeros((), device=self.device), 0
+        last_log, warned = time.time(), False
         while self.step < tc.max_steps:
             epoch, position = divmod(self.step, self.steps_per_epoch)
             if epoch != order_epoch:
@@ -452,34 +483,50 @@ class Trainer:
             loss_count += 1
             bar.update(1)
 
-            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                last_loss = self.last_loss = (loss_sum / loss_count).item()
-                rate = (self.step - start_step) / max(time.time() - start_time, 1e-9)
-                record = {
-                    "step": self.step,
-                    "loss": last_loss,
-                    "lr": lr,
-                    "steps_per_s": rate,
-                    "samples_per_s": rate * self.batch_size,
-                    "epoch": epoch,
-                }
-                if hasattr(self.model, "progress"):  # e.g. the student's angle and distance to μ*
-                    record.update(self.model.progress(self.dataset))
-                if main:
-                    runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
-                    self.tracker.log(record)
-                bar.set_postfix(loss=f"{last_loss:.4g}", samples_per_s=f"{rate * self.batch_size:.0f}")
+            now = time.time()
+            # Records (metrics.jsonl, trackers) every log_every steps, so their steps are the same
+            # on every run; console progress also after the first step and on a timer, so a long
+            # step or a slow device shows its rate and ETA within seconds.
+            record_due = self.step % tc.log_every == 0 or self.step == tc.max_steps
+            if record_due or self.step == start_step + 1 or now - last_log >= tc.log_seconds:
+                last_log = now
+                mean_loss = (loss_sum / loss_count).item()
+                elapsed = max(now - start_time, 1e-9)
+                rate = (self.step - start_step) / elapsed
+                eta = (tc.max_steps - self.step) / rate
+                if record_due:
+                    self.last_loss = mean_loss
+                    record = {
+                        "step": self.step,
+                        "loss": mean_loss,
+                        "lr": lr,
+                        "steps_per_s": rate,
+                        "samples_per_s": rate * self.batch_size,
+                        "epoch": epoch,
+                    }
+                    if hasattr(self.model, "progress"):  # e.g. the student's angle and distance to μ*
+                        record.update(self.model.progress(self.dataset))
+                    if main:
+                        runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
+                        self.tracker.log(record)
+                    loss_sum, loss_count = torch.zeros((), device=self.device), 0
+                bar.set_postfix(loss=f"{mean_loss:.4g}", samples_per_s=f"{rate * self.batch_size:.0f}")
                 if bar.disable and main:
                     log.info(
-                        "step %d/%d  loss %.5g  lr %.2e  %.2f steps/s  %.0f samples/s",
+                        "step %d/%d  loss %.5g  lr %.2e  %.2f steps/s  %.0f samples/s  elapsed %s  ETA %s",
                         self.step,
                         tc.max_steps,
-                        last_loss,
+                        mean_loss,
                         lr,
                         rate,
                         rate * self.batch_size,
+                        duration(elapsed),
+                        duration(eta),
                     )
-                loss_sum, loss_count = torch.zeros((), device=self.device), 0
+                warning = None if warned or not main else too_long_warning(eta, self.device.type)
+                if warning:
+                    log.warning(warning)
+                    warned = True
             finished_epoch, boundary = divmod(self.step, self.steps_per_epoch)
             if main and boundary == 0 and finished_epoch in tc.snapshot_epochs:
                 # a complete checkpoint, so `ckpt=` and resume read it like last.pt

@@ -81,3 +81,26 @@ def test_student_reports_angle_and_distance(tmp_path):
 def test_oracle_needs_no_training(tmp_path):
     metrics = train(tmp_path, ["model=mog_oracle", *NO_EVAL, "+evaluation.samplers={ddim20:{name:ddim,steps:20}}"])
     assert not (tmp_path / "checkpoints").exists() and metrics["eval/ddim20/nfe"] == 20
+
+
+def test_progress_shows_after_the_first_step_with_an_eta_and_records_keep_their_cadence(tmp_path):
+    import re
+
+    from tests.conftest import rtkrun_in_process
+
+    args = ["trainer.max_steps=30", "trainer.log_every=1000", "evaluation=none", "hydra.run.dir=r"]
+    proc = rtkrun_in_process("train", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert re.search(r"step 1/30  loss \S+  .* elapsed \d+ s  ETA \d+ s", log), log
+    assert "step 30/30" in log
+    assert [r["step"] for r in runs.read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [30]
+
+
+def test_durations_and_the_gpu_preset_warning():
+    from rtkrun.trainer import duration, too_long_warning
+
+    assert [duration(s) for s in (4.4, 185, 7620, 30_254_400)] == ["4 s", "3m05s", "2h07m", "350d04h"]
+    assert too_long_warning(3600.0, "cpu") is None and too_long_warning(10 * 86_400.0, "cuda") is None
+    warning = too_long_warning(30_254_400.0, "cpu")
+    assert "350d04h" in warning and "experiment=qm9_cpu" in warning
