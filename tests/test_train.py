@@ -104,3 +104,26 @@ def test_durations_and_the_gpu_preset_warning():
     assert too_long_warning(3600.0, "cpu") is None and too_long_warning(10 * 86_400.0, "cuda") is None
     warning = too_long_warning(30_254_400.0, "cpu")
     assert "350d04h" in warning and "experiment=qm9_cpu" in warning
+
+
+def test_sampling_progress_logs_batches_and_steps_inside_a_batch(caplog):
+    import logging
+
+    from rtkrun.commands.common import SamplingProgress
+
+    progress = SamplingProgress("eval/ddim50", 300, every=0.0)
+    with caplog.at_level(logging.INFO, logger="rtkrun"):
+        progress.step({"nfe": 7})
+        progress.batch_done(100)
+        progress.step({"t": 0.5})  # no NFE in this report: nothing to say
+        progress.batch_done(200)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "eval/ddim50: batch at sample 0 of 300, NFE 7 so far"
+    assert lines[1].startswith("eval/ddim50: 100/300 samples, elapsed ") and "ETA" in lines[1]
+    assert lines[2].startswith("eval/ddim50: 300/300 samples") and len(lines) == 3
+    quiet = SamplingProgress("s", 300, every=3600.0)
+    with caplog.at_level(logging.INFO, logger="rtkrun"):
+        quiet.batch_done(100)  # not yet due
+        quiet.batch_done(200)  # the last batch always logs
+    later = [r.getMessage() for r in caplog.records[3:]]
+    assert len(later) == 1 and later[0].startswith("s: 300/300 samples")

@@ -105,6 +105,41 @@ class CompiledNetwork:
         return getattr(self.model, name)
 
 
+class SamplingProgress:
+    """Console progress of one sampler's run: samples done of n, elapsed and ETA after each
+    batch, and inside a long batch the network evaluations done so far (from the sampler's
+    per-step callback), each at most every ``every`` seconds, so long sampling is never silent."""
+
+    def __init__(self, label: str, n: int, every: float = 10.0) -> None:
+        self.label, self.n, self.every = label, n, every
+        self.start = self.last = time.time()
+        self.done = 0
+
+    def _due(self) -> bool:
+        now = time.time()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+    def step(self, info: dict[str, Any]) -> None:
+        """The sampler callback: NFE so far in the current batch."""
+        if "nfe" in info and self._due():
+            log.info("%s: batch at sample %d of %d, NFE %d so far", self.label, self.done, self.n, info["nfe"])
+
+    def batch_done(self, rows: int) -> None:
+        self.done += rows
+        if self.done < self.n and not self._due():
+            return
+        from rtkrun.trainer import duration
+
+        elapsed = time.time() - self.start
+        eta = elapsed * (self.n - self.done) / max(self.done, 1)
+        log.info(
+            "%s: %d/%d samples, elapsed %s, ETA %s", self.label, self.done, self.n, duration(elapsed), duration(eta)
+        )
+
+
 def draw_samples(
     model,
     sampler_cfg,
@@ -115,15 +150,18 @@ def draw_samples(
     seed: int,
     device: torch.device,
     compile_mode: str = "none",
+    label: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size.
     Datasets on a subspace (molecules) start each batch themselves: they draw the atom counts,
     bind the node mask into the denoiser and project every noise draw; ``info["extras"]``
-    then holds the node masks. ``compile_mode`` other than none compiles the network once."""
+    then holds the node masks. ``compile_mode`` other than none compiles the network once.
+    Progress is logged under ``label`` (default: the sampler's name)."""
     fn = SAMPLERS[sampler_cfg.name][1]
     settings = settings_for(sampler_cfg)
     chunks, masks, nfe, batch_stats = [], [], 0, []
     start_time = time.time()
+    progress = SamplingProgress(label or sampler_cfg.name, n)
     model.eval()
     if compile_mode != "none":
         model = CompiledNetwork(model, compile_mode)
@@ -132,10 +170,11 @@ def draw_samples(
         denoiser, x_T, noise, mask = start_batch(model, dataset, noise)
         if mask is not None:
             masks.append(mask.cpu())
-        result = fn(denoiser, x_T, schedule, generator=noise, **settings)
+        result = fn(denoiser, x_T, schedule, generator=noise, callback=progress.step, **settings)
         chunks.append(result.x0.detach().cpu())
         nfe = result.nfe
         batch_stats.append((x_T.shape[0], result.stats))
+        progress.batch_done(x_T.shape[0])
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - start_time

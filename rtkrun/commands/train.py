@@ -147,7 +147,7 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
             log.warning("%s: its settings changed since it was measured; measuring it again", key)
         metrics = {k: v for k, v in metrics.items() if k not in _evaluation(metrics, key)}
         samples, info = draw_samples(
-            model, sampler_cfg, schedule, dataset, ev.n_samples, ev.batch_size, ev.seed, device
+            model, sampler_cfg, schedule, dataset, ev.n_samples, ev.batch_size, ev.seed, device, label=key
         )
         scores = score(dataset, samples, ev, device, info["extras"])
         if prefix == "eval":  # the final model's samples are kept; a snapshot's are only scored
