@@ -216,7 +216,8 @@ def check_overrides(command: str, overrides: list[str]) -> None:
             option = o.value()
             if not (conf / name / f"{option}.yaml").is_file():
                 options = sorted(p.stem for p in (conf / name).glob("*.yaml"))
-                fail(f"{name}={option} does not exist; choose one of: {', '.join(options)}")
+                guess = _did_you_mean(str(option), options)
+                fail(f"{name}={option} does not exist{guess}; choose one of: {', '.join(options)}")
             groups.append(o.input_line)
         else:
             keys.append(name)
@@ -231,9 +232,20 @@ def check_overrides(command: str, overrides: list[str]) -> None:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if node is None or not hasattr(node, "keys") or leaf not in node.keys():
-            valid = ", ".join(str(k) for k in node.keys()) if node is not None and hasattr(node, "keys") else ""
-            hint = f"; valid keys under {parent or 'the top level'}: {valid}" if valid else ""
-            fail(f"unknown config key '{key}'{hint} (to add a new key on purpose use +{key}=...)")
+            known = [str(k) for k in node.keys()] if node is not None and hasattr(node, "keys") else []
+            # a mistyped group (datset=qm9) reads as a top-level key: groups are candidates too
+            groups_here = [p.name for p in conf.iterdir() if p.is_dir() and p.name != "hydra"] if not parent else []
+            guess = _did_you_mean(leaf, known + groups_here, f"{parent}." if parent else "")
+            hint = f"; valid keys under {parent or 'the top level'}: {', '.join(known)}" if known else ""
+            fail(f"unknown config key '{key}'{guess}{hint} (to add a new key on purpose use +{key}=...)")
+
+
+def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
+    """ ", did you mean 'dataset'" for the closest choice, or nothing when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f", did you mean '{prefix}{close[0]}'" if close else ""
 
 
 def _rewrite_completion_line(env: dict[str, str]) -> str | None:

@@ -152,7 +152,9 @@ def test_oracle_samples_without_checkpoint_and_evaluate_rescores(tmp_path):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["trainer.lrr=1"], "unknown config key 'trainer.lrr'"),
+        (["trainer.lrr=1"], "unknown config key 'trainer.lrr', did you mean 'trainer.lr'"),
+        (["datset=qm9"], "unknown config key 'datset', did you mean 'dataset'"),
+        (["dataset=qm8"], "dataset=qm8 does not exist, did you mean 'qm9'"),
         (["dataset.dim=two"], "bad value for 'dataset.dim'"),
         (["dataset.dim=-1"], "dataset.dim must be >= 1"),
         (["trainer.lr=0.5"], "already holds a run with trainer.lr=0.002"),
