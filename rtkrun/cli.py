@@ -248,6 +248,34 @@ def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
     return f", did you mean '{prefix}{close[0]}'" if close else ""
 
 
+def _cfg_job_requested(rest: list[str]) -> bool:
+    for flag in ("--cfg", "-c"):
+        if flag in rest:
+            i = rest.index(flag)
+            return i + 1 < len(rest) and rest[i + 1] == "job"
+    return False
+
+
+def print_checkpoint_job_config(command: str, rest: list[str], ckpt: str) -> None:
+    """``--cfg job`` with ``ckpt=``: the composed config with the checkpoint's dataset, model
+    and schedule, as the job will run it (Hydra alone would print the defaults)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rtkrun.commands.common import with_checkpoint_groups
+    from rtkrun.errors import RtkrunError
+    from rtkrun.runs import load_checkpoint
+
+    overrides = [a for a in _task_overrides(rest) if not a.startswith("hydra")]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(command, overrides=overrides)
+    try:
+        state = load_checkpoint(ckpt)
+    except RtkrunError as e:
+        fail(str(e))
+    print(OmegaConf.to_yaml(with_checkpoint_groups(cfg, state["config"])), end="")
+
+
 def _rewrite_completion_line(env: dict[str, str]) -> str | None:
     """Drop the command word from COMP_LINE (and shift COMP_POINT); return the command."""
     line = env.get("COMP_LINE", "")
@@ -290,6 +318,11 @@ def main(argv: list[str] | None = None) -> None:
         if not any(a.startswith("hydra.run.dir=") for a in rest):
             # each process would stamp its own time into the default run directory
             fail("under torchrun pass hydra.run.dir=<dir> so that all processes share one run directory")
+    if command in ("sample", "diagnose") and _cfg_job_requested(rest):
+        ckpt = [a.split("=", 1)[1] for a in rest if a.startswith("ckpt=") and "," not in a]
+        if ckpt:
+            print_checkpoint_job_config(command, rest, ckpt[0])
+            return
     sys.argv = [program, f"--config-name={command}", *rest]
     try:
         hydra_entry()

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import run_cli
 from tests.qm9_fixture import build_qm9_fixture, first_real_molecules
@@ -82,6 +83,8 @@ def test_sample_and_evaluate_a_checkpoint(setup, sampler, nfe):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["nfe"] == nfe and metrics["sample/n_molecules"] == 6 and metrics["dataset/name"] == "qm9"
+    recorded = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())  # what ran, not the defaults
+    assert (recorded["dataset"]["name"], recorded["model"]["name"]) == ("qm9", "egnn")
     rescored_dir = cwd / f"evaluate_{sampler[0].split('=')[1]}"
     proc = run_cli("evaluate", f"samples={out}", f"hydra.run.dir={rescored_dir}", cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -129,3 +132,12 @@ def test_data_row_and_report_build_t4(setup):
     table = (out / "T4.md").read_text()
     assert "rtkrun: data:train" in table and "rtkrun: train/dddm2" in table and "EDM paper: data (quoted)" in table
     assert table.count("\n| rtkrun: train/") == 4
+
+
+def test_cfg_job_with_a_checkpoint_shows_the_checkpoint_s_groups(setup):
+    cwd, run_dir, env = setup
+    proc = run_cli("sample", f"ckpt={run_dir}", "sampler=ddim", "--cfg", "job", cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert (shown["dataset"]["name"], shown["model"]["name"], shown["sampler"]["name"]) == ("qm9", "egnn", "ddim")
+    assert shown["dataset"]["source"] == "figshare"  # the checkpoint's own dataset settings

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -257,6 +258,33 @@ def _overridden_groups() -> list[str]:
     return [k for k in keys if k.split(".")[0] in FIXED_BY_CHECKPOINT]
 
 
+def with_checkpoint_groups(cfg, checkpoint_config: dict[str, Any]):
+    """``cfg`` (a composed config) with the dataset, model and schedule a checkpoint was
+    trained with: what ``sample`` and ``diagnose`` run, whatever the defaults say."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for group in FIXED_BY_CHECKPOINT:
+        cfg[group] = checkpoint_config[group]
+    return cfg
+
+
+def _record_checkpoint_groups(checkpoint_config: dict[str, Any]) -> None:
+    """Rewrite the job's ``.hydra/config.yaml`` with the checkpoint's groups, so the recorded
+    config is what ran (Hydra wrote the composed defaults before the checkpoint was read)."""
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    if not hydra.output_subdir:
+        return
+    path = Path(hydra.runtime.output_dir) / hydra.output_subdir / "config.yaml"
+    if path.is_file():
+        fixed = with_checkpoint_groups(OmegaConf.load(path), checkpoint_config)
+        runs.atomic_write_bytes(path, OmegaConf.to_yaml(fixed).encode())
+
+
 def load_trained_parts(run):
     """(dataset, schedule, model) for ``sample`` and ``diagnose``: from ``run.ckpt`` (which fixes
     dataset, model and schedule; its EMA weights), or a model that needs no training."""
@@ -271,6 +299,7 @@ def load_trained_parts(run):
                 setattr(run, group, typed_group(group, state["config"][group]))
             except RtkrunError as e:
                 raise RtkrunError(f"{e} (in the config recorded in checkpoint {run.ckpt}); retrain it") from None
+        _record_checkpoint_groups(state["config"])
     dataset, schedule, model = build_parts(run, run.seed)
     if state is not None:
         try:
