@@ -45,14 +45,19 @@ def path_tag(value: str) -> str:
 
 
 def job_dirname(override_dirname: str, task_overrides: list[str]) -> str:
-    """A sweep job's directory name: Hydra's ``override_dirname`` (paths excluded) plus a
-    :func:`path_tag` for each input path the job overrides."""
+    """A sweep job's directory name: Hydra's ``override_dirname`` (paths excluded; ``key-value``
+    items joined by ``+``, conf/hydra_base.yaml) plus a :func:`path_tag` for each input path the
+    job overrides, e.g. ``dddm_variant-paper+seed-1+ckpt-run_a-1f3e9c2b``. No ``=`` or ``,``, so
+    the directory can itself be passed as ``ckpt=``; characters a path or an override cannot
+    hold (``/``, brackets, quotes) become ``_``, with a digest of the raw name so jobs stay apart."""
     tags = []
     for override in task_overrides:
         key, _, value = str(override).partition("=")
         if key.lstrip("+~") in PATH_KEYS and value not in ("", "null", "data"):
-            tags.append(f"{key.lstrip('+~')}={path_tag(value)}")
-    return ",".join([override_dirname, *tags] if override_dirname else tags) or "job"
+            tags.append(f"{key.lstrip('+~')}-{path_tag(value)}")
+    raw = "+".join([override_dirname, *tags] if override_dirname else tags) or "job"
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", raw)
+    return name if name == raw else f"{name}-{hashlib.sha1(raw.encode()).hexdigest()[:6]}"
 
 
 OmegaConf.register_new_resolver("rtkrun_job_dirname", job_dirname, replace=True)

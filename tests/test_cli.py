@@ -119,7 +119,7 @@ def test_sample_sweep_makes_one_job_directory_per_override(trained, tmp_path):
     # Named after the job's overrides (hydra.* excluded), the checkpoint by a tag (conf/hydra_base.yaml).
     tag = path_tag(str(trained))
     assert tag.startswith("run-") and len(tag) == len("run-") + 8
-    assert jobs == [f"batch_size=200,n_samples=200,sampler.steps={k},sampler=ddim,ckpt={tag}" for k in (10, 20, 5)]
+    assert jobs == [f"batch_size-200+n_samples-200+sampler.steps-{k}+sampler-ddim+ckpt-{tag}" for k in (10, 20, 5)]
     for job, steps in zip(jobs, (10, 20, 5)):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["nfe"] == steps and metrics["status"] == "complete"
@@ -231,3 +231,13 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
         text=True,
     )
     assert probe.returncode == 0, probe.stderr
+
+
+def test_job_directory_names_hold_no_equals_or_commas_and_stay_apart():
+    from rtkrun.cli import job_dirname
+
+    assert job_dirname("dddm_variant-paper+seed-1", ["dddm_variant=paper", "seed=1"]) == "dddm_variant-paper+seed-1"
+    odd = job_dirname("dataset.weights-[1,2]+hydra/launcher-slurm", [])
+    assert "=" not in odd and "," not in odd and "/" not in odd and odd.startswith("dataset.weights-_1_2_+hydra_")
+    assert odd != job_dirname("dataset.weights-[1_2]+hydra/launcher-slurm", [])  # sanitised names keep a digest
+    assert job_dirname("", []) == "job"

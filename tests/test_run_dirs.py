@@ -64,7 +64,7 @@ def test_a_sweep_over_checkpoints_gives_each_checkpoint_its_own_job_directory(tr
     jobs = sorted(p.parent for p in (tmp_path / "SW").glob("*/metrics.json"))
     assert len(jobs) == 2  # before: one directory, the second job overwrote the first
     assert sorted(metrics(j)["ckpt"] for j in jobs) == sorted([str(b1), str(b2)])
-    assert [j.name.split("ckpt=")[1].split("-")[0] for j in jobs] == ["B1", "B2"]
+    assert [j.name.split("ckpt-")[1].split("-")[0] for j in jobs] == ["B1", "B2"]
 
 
 # -- 2: sample / evaluate into a directory holding something else ------------------------------

@@ -30,7 +30,7 @@ def test_submitit_sweep_is_idempotent_and_reported(tmp_path):
     proc = run_cli("sample", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
-    assert [j.name.split("sampler.step_size=")[1].split(",")[0] for j in jobs] == ["0.25", "0.5"]
+    assert [j.name.split("sampler.step_size-")[1].split("+")[0] for j in jobs] == ["0.25", "0.5"]
     first = {j: (j / "metrics.json").read_text() for j in jobs}
     assert all(json.loads(m)["config_sha1"] for m in first.values())
     # Re-launching the same sweep skips the finished jobs: their files are left as they were.
