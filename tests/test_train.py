@@ -95,6 +95,7 @@ def test_progress_shows_after_the_first_step_with_an_eta_and_records_keep_their_
     assert re.search(r"step 1/30  loss \S+  .* elapsed \d+ s  ETA \d+ s", log), log
     assert "step 30/30" in log
     assert [r["step"] for r in runs.read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [30]
+    assert (tmp_path / "r" / "loss.png").read_bytes()[:4] == b"\x89PNG"  # the loss curve, at the end
 
 
 def test_durations_and_the_gpu_preset_warning():

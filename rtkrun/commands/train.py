@@ -58,6 +58,29 @@ def _without_evaluations(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not k.startswith("eval/")}
 
 
+def plot_loss_curve(jsonl: Path, path: Path) -> None:
+    """``loss.png``: the logged training loss (mean over each log interval) against the step,
+    log-scaled when it is positive, with the epochs of the run on a top axis."""
+    records = [r for r in runs.read_jsonl(jsonl) if isinstance(r.get("loss"), (int, float))]
+    if not records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses = [r["step"] for r in records], [r["loss"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, marker="." if len(steps) < 50 else None)
+    positive = all(v > 0 for v in losses if v == v)
+    ax.set(xlabel="step", ylabel="training loss", yscale="log" if positive else "linear")
+    epochs = sorted({r["epoch"] for r in records if "epoch" in r})
+    ax.set_title(f"{len(steps)} logged intervals, epochs {epochs[0]}–{epochs[-1]}" if epochs else "training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    runs.save_figure(fig, path, dpi=100)
+
+
 def _evaluation(metrics: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k.startswith(f"{key}/")}
 
@@ -88,6 +111,8 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         trainer.tracker = make_tracker(run.logger, run_dir, config) if place.is_main else NullTracker()
         trained = trainer.fit()
         eval_model, tracker = trainer.ema, trainer.tracker
+        if place.is_main:
+            plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
         if place.active:
             trained["train/processes"] = place.world
             distributed.shutdown()
