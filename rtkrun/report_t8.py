@@ -176,7 +176,7 @@ def t8_rows(run_dir: Path) -> list[dict[str, Any]]:
     models = {"eval": (m.get("train/steps") or 0) // steps_per_epoch}
     for key in m:
         found = re.match(r"snapshot/epoch=(\d+)/", key)
-        if found:
+        if found and int(found.group(1)) != models["eval"]:  # a snapshot at the last epoch is the final model
             models[f"snapshot/epoch={found.group(1)}"] = int(found.group(1))
     samplers = (cfg.get("evaluation") or {}).get("samplers", {})
     data = _dataset(dataset) if trainer.get("objective") == "dddm" else None
