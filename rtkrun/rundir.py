@@ -50,6 +50,7 @@ MAY_CHANGE: dict[str, tuple[str, ...]] = {
     "train": (
         "trainer.max_steps",
         "trainer.log_every",
+        "trainer.log_seconds",
         "trainer.ckpt_every",
         "trainer.ckpt_minutes",
         "evaluation",

@@ -136,6 +136,23 @@ def test_a_finished_sample_is_recomputed_when_its_checkpoint_changed(trained, tm
 
 
 # -- 4: re-running a finished training -----------------------------------------------------------
+def test_a_run_recorded_before_a_setting_existed_resumes_when_the_setting_is_at_its_default(trained, tmp_path):
+    """A directory written by an older rtkrun lacks keys the schema gained since (here
+    trainer.one_step_prob): its record is validated, so they read as their defaults; the same
+    experiment resumes, and one that sets them otherwise is refused."""
+    b = copy_run(trained, tmp_path / "B")
+    record = json.loads((b / "run.json").read_text())
+    del record["config"]["trainer"]["one_step_prob"], record["config"]["trainer"]["log_seconds"]
+    (b / "run.json").write_text(json.dumps(record))
+    proc = rtkrun_in_process("train", *T, "trainer.max_steps=50", f"hydra.run.dir={b}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert metrics(b)["train/steps"] == 50
+    c = copy_run(trained, tmp_path / "C")
+    (c / "run.json").write_text(json.dumps(record))
+    proc = rtkrun_in_process("train", *T, "trainer.one_step_prob=0.5", f"hydra.run.dir={c}", cwd=tmp_path)
+    one_line(proc, "already holds a run with trainer.one_step_prob=0.0 (now 0.5)")
+
+
 def test_fewer_steps_than_trained_is_refused(trained, tmp_path):
     b = copy_run(trained, tmp_path / "B")
     before = snapshot(b)
