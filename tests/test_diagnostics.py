@@ -202,3 +202,17 @@ def test_diagnose_lanczos_estimator_matches_exact_on_the_mog(tmp_path):
             assert float(m[key]) == pytest.approx(float(e[key]), rel=1e-6, abs=1e-9), key
         assert float(m["B_sq"]) <= float(e["B_sq"]) * (1 + 1e-9) + 1e-12
         assert float(m["margin"]) <= float(e["margin"]) + 1e-9
+
+
+def test_torch_s_own_jit_deprecation_notice_does_not_reach_the_console():
+    """torch's first jvp loads decompositions through torch.jit.script and warns about it; the
+    notice (about torch's internals) is filtered where rtkrun's Jacobian code is imported."""
+    import warnings
+
+    import rtkrun.diagnostics.jacobian  # noqa: F401
+
+    notice = "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`."
+    assert any(
+        action == "ignore" and message is not None and message.match(notice) and category is FutureWarning
+        for action, message, category, _, _ in warnings.filters
+    )

@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch.func import jacrev, jvp, vjp, vmap
+
+# torch's first forward-mode call loads its jvp decompositions through torch.jit.script, which
+# torch itself has deprecated: a notice about torch's internals that users can do nothing about.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 BatchMap = Callable[..., torch.Tensor]  # F(z, *context) -> (B, d); row i depends on row i only
 
