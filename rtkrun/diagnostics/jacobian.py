@@ -10,9 +10,12 @@ from typing import NamedTuple
 import torch
 from torch.func import jacrev, jvp, vjp, vmap
 
-# torch's first forward-mode call loads its jvp decompositions through torch.jit.script, which
-# torch itself has deprecated: a notice about torch's internals that users can do nothing about.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+# torch's first forward-mode call imports its jvp decompositions, which go through
+# torch.jit.script, which torch itself has deprecated: a FutureWarning about torch's internals
+# that users can do nothing about. Import them here, once, with that one notice silenced.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 BatchMap = Callable[..., torch.Tensor]  # F(z, *context) -> (B, d); row i depends on row i only
 
