@@ -215,3 +215,17 @@ def test_torch_s_own_jit_deprecation_notice_does_not_reach_the_console():
         warnings.simplefilter("always")
         torch.func.jvp(torch.sin, (torch.ones(3),), (torch.ones(3),))
     assert [str(w.message) for w in caught] == []
+
+
+def test_diagnose_console_summary_gives_medians_and_percentages_per_level():
+    from rtkrun.commands.diagnose import summary_lines
+
+    rows = [
+        {"source": "data", "t": 0.2, "L": L, "R": R, "margin": m, "true": tr}
+        for L, R, m, tr in [(0.5, 1.0, 2.0, 3.0), (0.7, 2.0, -1.0, 1.0), (0.9, 3.0, 24000.0, -1.0)]
+    ]
+    rows.append({"source": "trajectory/dddm", "t": 1.0, "L": 1.5, "R": 0.1, "margin": -3.0, "true": -2.0})
+    header, data, trajectory = summary_lines(rows)
+    assert header.split()[:4] == ["source", "t", "n", "median"]
+    assert data.split() == ["data", "0.2", "3", "0.7", "2", "2", "67%", "67%"]
+    assert trajectory.split() == ["trajectory/dddm", "1", "1", "1.5", "0.1", "-3", "0%", "0%"]

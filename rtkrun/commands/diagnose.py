@@ -127,21 +127,54 @@ def _summaries(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _symlog_bins(values: list[float], n: int = 40):
+    """Bin edges even in asinh(v): log-like on both sides of 0, linear near it, so outliers
+    (margins near 2.4·10⁴) do not flatten the bulk into one bin."""
+    import numpy as np
+
+    lo, hi = np.arcsinh(min(values)), np.arcsinh(max(values))
+    return np.sinh(np.linspace(lo, hi if hi > lo else lo + 1e-9, n + 1))
+
+
 def _histograms(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row of panels per noise level t (L, corrected margin, true λ_min), on symmetric-log
+    axes, one colour per point source."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, col in zip(axes, ("L", "margin", "true")):
-        for source in sorted({r["source"] for r in rows}):
-            v = [r[col] for r in rows if r["source"] == source]
-            ax.hist(v, bins=40, alpha=0.6, label=source)
-        ax.set_title({"L": "L = ||dF/dz||", "margin": "corrected margin", "true": "true lambda_min(grad^2 g)"}[col])
-        ax.legend(fontsize=7)
+    levels = sorted({r["t"] for r in rows})
+    titles = {"L": "L = ||dF/dz||", "margin": "corrected margin", "true": "true lambda_min(grad^2 g)"}
+    fig, axes = plt.subplots(len(levels), 3, figsize=(13, 3 * len(levels)), squeeze=False)
+    for i, t in enumerate(levels):
+        mine = [r for r in rows if r["t"] == t]
+        for ax, col in zip(axes[i], titles):
+            bins = _symlog_bins([r[col] for r in mine])
+            for source in sorted({r["source"] for r in mine}):
+                ax.hist([r[col] for r in mine if r["source"] == source], bins=bins, alpha=0.6, label=source)
+            ax.set_xscale("symlog", linthresh=1e-3)
+            ax.set_title(f"{titles[col]}, t = {t:.4g}", fontsize=9)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     runs.save_figure(fig, path, dpi=100)
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A console table per (point source, t): medians of L, R and the corrected margin, the
+    fraction certified strongly convex by it, and the fraction truly strongly convex."""
+    header = f"{'source':<16} {'t':>8} {'n':>5} {'median L':>10} {'median R':>10} {'median margin':>14} "
+    lines = [header + f"{'certified':>10} {'truly convex':>13}"]
+    for source, t in sorted({(r["source"], r["t"]) for r in rows}):
+        rs = [r for r in rows if r["source"] == source and r["t"] == t]
+        med = {c: torch.tensor([r[c] for r in rs], dtype=torch.float64).median().item() for c in ("L", "R", "margin")}
+        certified = 100 * sum(r["margin"] > 0 for r in rs) / len(rs)
+        truly = 100 * sum(r["true"] > 0 for r in rs) / len(rs)
+        lines.append(
+            f"{source:<16} {t:>8.4g} {len(rs):>5} {med['L']:>10.4g} {med['R']:>10.4g} {med['margin']:>14.4g} "
+            f"{certified:>9.0f}% {truly:>12.0f}%"
+        )
+    return lines
 
 
 def diagnose(run, run_dir: Path) -> dict[str, Any]:
@@ -220,6 +253,8 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
         **flatten("diag", _summaries(rows)),
     }
     runs.write_json(run_dir / "metrics.json", metrics)
+    for line in summary_lines(rows):
+        log.info(line)
     certified = sum(r["margin"] > 0 for r in rows) / max(len(rows), 1)
     log.info(
         "%d points: %.0f%% certified strongly convex by the corrected margin; %s",
