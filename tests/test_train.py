@@ -125,6 +125,5 @@ def test_sampling_progress_logs_batches_and_steps_inside_a_batch(caplog):
     quiet = SamplingProgress("s", 300, every=3600.0)
     with caplog.at_level(logging.INFO, logger="rtkrun"):
         quiet.batch_done(100)  # not yet due
-        quiet.batch_done(200)  # the last batch always logs
-    later = [r.getMessage() for r in caplog.records[3:]]
-    assert len(later) == 1 and later[0].startswith("s: 300/300 samples")
+        quiet.batch_done(200)  # done quickly: the result line says enough
+    assert len(caplog.records) == 3

@@ -129,8 +129,13 @@ class SamplingProgress:
             log.info("%s: batch at sample %d of %d, NFE %d so far", self.label, self.done, self.n, info["nfe"])
 
     def batch_done(self, rows: int) -> None:
+        """After a batch: log when due; the last batch logs only if sampling took long enough
+        to need progress at all (a quick sampler's result line follows at once)."""
         self.done += rows
-        if self.done < self.n and not self._due():
+        if self.done >= self.n:
+            if time.time() - self.start < self.every:
+                return
+        elif not self._due():
             return
         from rtkrun.trainer import duration
 
