@@ -97,3 +97,16 @@ def test_sdf_round_trips_through_rdkit(training_molecules, tmp_path):
         assert props["index"] == b and props["sampler"] == "ddim" and props["nfe"] == 50 and props["seed"] == 3
         assert props["smiles"] == (smiles[b] or "") and props["valid"] == int(smiles[b] is not None)
         assert props["stable"] == int(stable[b])
+
+
+def test_the_molecule_grid_carries_its_metrics_title(training_molecules, tmp_path):
+    from PIL import Image
+
+    numbers, positions = training_molecules.numbers[:5], training_molecules.positions[:5].astype(np.float64)
+    molecules.save_grid(numbers, positions, tmp_path / "plain.png")
+    molecules.save_grid(numbers, positions, tmp_path / "titled.png", title="ddim: atom stability 99.0")
+    plain, titled = Image.open(tmp_path / "plain.png"), Image.open(tmp_path / "titled.png")
+    assert titled.size == (plain.size[0], plain.size[1] + 28) and titled.text["Title"] == "ddim: atom stability 99.0"
+    banner = np.asarray(titled.convert("L"))[:28]
+    assert (banner < 128).sum() > 50  # the text is drawn, not only stored as metadata
+    np.testing.assert_array_equal(np.asarray(titled)[28:], np.asarray(plain))  # the tiles, moved down

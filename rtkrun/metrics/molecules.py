@@ -232,14 +232,17 @@ def save_grid(numbers: np.ndarray, positions: np.ndarray, path: str | Path, titl
     """2-D depictions (RDKit) of the molecules in a 4-wide PNG grid, each labelled with its SMILES
     or "invalid"; a molecule RDKit cannot lay out (coincident atoms) is left as a blank tile."""
     Chem = _rdkit()
-    from PIL import Image
+    from PIL import Image, ImageDraw
     from PIL.PngImagePlugin import PngInfo
     from rdkit.Chem import AllChem, Draw
 
     orders = bond_orders(numbers, positions)
     size, per_row = 220, 4
     rows = max((len(numbers) + per_row - 1) // per_row, 1)
-    grid = Image.new("RGB", (per_row * size, rows * size), "white")
+    banner = 28 if title else 0  # the metrics line, drawn above the tiles as the MoG plots have it
+    grid = Image.new("RGB", (per_row * size, rows * size + banner), "white")
+    if title:
+        ImageDraw.Draw(grid).text((8, 8), title, fill="black")
     for b in range(len(numbers)):
         mol = build_molecule(numbers[b], positions[b], orders[b])
         smiles = canonical_smiles(Chem.Mol(mol))
@@ -249,7 +252,7 @@ def save_grid(numbers: np.ndarray, positions: np.ndarray, path: str | Path, titl
             tile = Draw.MolToImage(mol, size=(size, size), legend=smiles if smiles is not None else "invalid")
         except (RuntimeError, ValueError):
             continue
-        grid.paste(tile, ((b % per_row) * size, (b // per_row) * size))
+        grid.paste(tile, ((b % per_row) * size, banner + (b // per_row) * size))
     info = PngInfo()
     info.add_text("Title", title)  # the metrics line, kept with the picture
     runs.atomic_save(path, lambda buf: grid.save(buf, format="PNG", pnginfo=info))
