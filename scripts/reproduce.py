@@ -1,9 +1,10 @@
-"""Regenerate every table of PAPER_TABLES.md (T1–T8) and its figures into outputs/tables/.
+"""Regenerate every paper table (T1–T8, listed in the README) and its figures into outputs/tables/.
 
 ``--size small`` (``make reproduce-small``) runs the whole pipeline at CPU sizes on the real
 commands: T1/T2 sweeps on the 2-D mixture, T3 diagnostics, T4 on real QM9 molecules with a
 small EGNN trained for a few minutes, T5 on CIFAR-10 when the data are present, T6, T7 and the
-DDDM training study T8 (every `dddm_variant`, snapshots at log-spaced epochs).
+DDDM training study T8 (every `dddm_variant` on the mixture, three on QM9, snapshots at
+log-spaced epochs).
 ``--size full`` (``make reproduce``) runs the papers' protocol: larger sweeps, EDM's EGNN and
 the reference U-Net (GPU; days of training), so it is meant for a GPU machine or a cluster.
 Every table is built from run directories by the same code as ``rtkrun report``; each step's
