@@ -1,7 +1,7 @@
 """Collect run directories into tables (CSV + Markdown) and a quality-vs-NFE figure.
 
 ``rtkrun report runs=DIR`` (``commands/report.py``) sorts every run directory under DIR into the
-tables of PAPER_TABLES.md it feeds (MoG sample runs: T1/T2; diagnose runs: T3; QM9 and CIFAR-10
+tables of docs/tables.md it feeds (MoG sample runs: T1/T2; diagnose runs: T3; QM9 and CIFAR-10
 sample, train and evaluate runs: T4 and T5; fixed-noise student runs: T6; step searches: T7). Rows come only from run
 directories: ``.hydra/config.yaml`` for what was run and ``metrics.json`` for what it measured.
 A job without ``metrics.json`` is listed as failed or unfinished, never dropped.
@@ -130,7 +130,7 @@ T4_COLUMNS = [
     "run_dir",
 ]
 T4_METRICS = ("atom_stability", "mol_stability", "validity", "valid_x_unique", "novelty")
-# REFERENCE.md §3 (percent): atom stability, molecule stability, validity, V×U.
+# Quoted from the EDM and GeoBFN papers' QM9 tables (percent): atom stability, molecule stability, validity, V×U.
 T4_QUOTED = {
     "EDM paper: data": (99.0, 95.2, 97.7, 97.7),
     "EDM paper: EDM": (98.7, 82.0, 91.9, 90.7),
@@ -216,7 +216,7 @@ T5_COLUMNS = [
     "status",
     "run_dir",
 ]
-# REFERENCE.md §4: unconditional CIFAR-10 FID at (NFE), 50k samples.
+# Quoted from the papers: unconditional CIFAR-10 FID at (NFE), 50k samples.
 T5_QUOTED = {
     "DDPM": {1000: 3.17},
     "DDIM": {10: 13.36, 20: 6.84, 50: 4.67, 100: 4.16},
@@ -235,7 +235,7 @@ def t5_quoted_rows() -> list[dict[str, Any]]:
 
 
 def t4_quoted_rows() -> list[dict[str, Any]]:
-    """The published rows, marked as quoted (REFERENCE.md §3), never measured here."""
+    """The published rows, marked as quoted, never measured here."""
     return [
         {
             "source": f"{name} (quoted)",

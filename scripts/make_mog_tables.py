@@ -1,4 +1,4 @@
-"""Regenerate tables T1 and T2 (PAPER_TABLES.md) on the mixture of Gaussians, on a CPU.
+"""Regenerate tables T1 and T2 (docs/tables.md) on the mixture of Gaussians, on a CPU.
 
 Runs the sweeps of conf/experiment/t1_mog*.yaml and t2_mog.yaml with the real `rtkrun`
 command (one process per sweep), trains the learned models they compare, and collects every

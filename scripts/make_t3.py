@@ -1,4 +1,4 @@
-"""Regenerate T3 (regularity of the learned denoiser, PAPER_TABLES.md) on the mixture of
+"""Regenerate T3 (regularity of the learned denoiser, docs/tables.md) on the mixture of
 Gaussians on a CPU: train the default `mog_mlp` per dimension, run `rtkrun diagnose` along the
 DDDM sampler's trajectory and at data-derived x_t, and collect outputs/tables/T3.{csv,md}.
 

@@ -1,4 +1,4 @@
-"""Regenerate T6 (learning regimes of the tanh student, PAPER_TABLES.md) on a CPU: train
+"""Regenerate T6 (learning regimes of the tanh student, docs/tables.md) on a CPU: train
 ``mog_student`` by plain gradient descent on the DDPM loss at one noise level each, with a fresh
 batch every step, and collect the per-step angle and distance to μ* into outputs/tables/T6.*
 and a figure of both curves.

@@ -1,4 +1,4 @@
-"""Regenerate T7 (steps vs dimension, Benton et al. 2023; PAPER_TABLES.md) on a CPU: with the exact
+"""Regenerate T7 (steps vs dimension, Benton et al. 2023; docs/tables.md) on a CPU: with the exact
 MoG denoiser (``mog_oracle``), find for each d and time grid the smallest number of DDPM steps
 whose samples reach sliced W2 ≤ (1 + tol) × the exact sampler's value at the same n, and fit the
 growth exponent of steps in d per grid.

@@ -61,7 +61,7 @@ def training_molecules(real_qm9_table):
 
 
 def test_metrics_on_real_training_molecules_reproduce_the_published_data_row(training_molecules):
-    """EDM's table, data row: atom 99.0, molecule 95.2, valid 97.7, V×U 97.7 (REFERENCE.md §3)."""
+    """EDM's table, data row: atom 99.0, molecule 95.2, valid 97.7, V×U 97.7 (Hoogeboom et al. 2022, Table 1)."""
     scores = molecules.score_molecules(training_molecules.numbers, training_molecules.positions.astype(np.float64))
     atom, mol, valid, vxu = molecules.PUBLISHED["data (EDM table)"]
     assert abs(100 * scores["mol_stability"] - mol) <= 0.5, scores

@@ -154,3 +154,22 @@ def test_mog_descriptions_carry_the_off_mode_fraction():
 
     line = describe({"sliced_w2": 0.5, "baseline/sliced_w2": 0.1, "mode_tv": 0.2, "off_mode": 0.375})
     assert line == "sliced W2 0.5 (true vs true 0.1), mode TV 0.2, off-mode 37.5 %"
+
+
+def test_docs_and_configs_point_only_inside_the_repository():
+    """A clone has no ../shared: README, docs, configs, code and scripts cite docs/ instead, and
+    every relative Markdown link in README and docs/ resolves."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    files = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "conf").rglob("*.yaml")]
+    files += [*(root / "rtkrun").rglob("*.py"), *(root / "scripts").glob("*.py")]
+    for path in files:
+        text = path.read_text()
+        for outside in ("REFERENCE.md", "PAPER_TABLES.md", "DESIGN.md", "../shared"):
+            assert outside not in text, (path, outside)
+        if path.suffix == ".md":
+            for target in re.findall(r"\]\(([^)#\s]+)\)", text):
+                if "://" not in target:
+                    assert (path.parent / target).exists(), (path, target)

@@ -1,4 +1,4 @@
-"""CIFAR-10 in its python-pickle release (REFERENCE.md §4): ``cifar-10-batches-py/`` with
+"""CIFAR-10 in its python-pickle release (docs/science.md, CIFAR-10): ``cifar-10-batches-py/`` with
 ``data_batch_1..5``, ``test_batch`` and ``batches.meta``; each batch a pickled dict whose
 ``data`` is uint8 (n, 3072) stored as R, G and B planes, and ``labels`` a list of n ints.
 

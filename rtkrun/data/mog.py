@@ -1,7 +1,7 @@
 """Mixture of Gaussians: the dataset, and its exact marginals under a VP schedule.
 
 Components N(μ_k, s²I) with weights w_k. Under x_t = α x0 + σ ε the marginal is
-p_t = Σ w_k N(α μ_k, v I) with v = α²s² + σ² (REFERENCE.md §2), so log p_t, the score, the
+p_t = Σ w_k N(α μ_k, v I) with v = α²s² + σ² (docs/science.md, mixture of Gaussians), so log p_t, the score, the
 posterior responsibilities r_k(x_t), the denoiser E[x0 | x_t] (Tweedie) and its Jacobian are
 closed form. Derived (ours): with c = α s²/v,
     E[x0 | x_t] = Σ_k r_k (μ_k + c (x_t − α μ_k)),

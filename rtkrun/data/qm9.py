@@ -1,4 +1,4 @@
-"""QM9 under the EDM protocol (Hoogeboom et al. 2022; REFERENCE.md §3).
+"""QM9 under the EDM protocol (Hoogeboom et al. 2022; docs/science.md, QM9).
 
 A molecule is a (29, 9) array: centred positions in Å (3), the one-hot of H, C, N, O, F
 scaled by 1/4 (5) and the atomic number scaled by 1/10 (1); rows past the atom count are zero.

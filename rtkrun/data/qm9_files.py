@@ -1,4 +1,4 @@
-"""Readers of the QM9 files into one record type (REFERENCE.md §3).
+"""Readers of the QM9 files into one record type (docs/science.md, QM9).
 
 Two sources give the same molecules: the CSVs shipped in the PyPI package ``qm9pack`` (the
 default: offline, read through importlib.resources) and the original figshare release, a

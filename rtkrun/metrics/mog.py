@@ -1,4 +1,4 @@
-"""Metrics of samples against a known Gaussian mixture (REFERENCE.md §2).
+"""Metrics of samples against a known Gaussian mixture (docs/science.md, mixture of Gaussians).
 
 Every distance is reported next to the same distance between two independent exact sample
 sets of the same size (``baseline/…``): at finite n no distance is zero, and a sampler is as

@@ -1,4 +1,4 @@
-"""Molecule metrics as EDM reports them (Hoogeboom et al. 2022, §5.2; REFERENCE.md §3).
+"""Molecule metrics as EDM reports them (Hoogeboom et al. 2022, §5.2; docs/science.md, QM9).
 
 Bonds come from pairwise distances alone: a pair is bonded with order k when its distance is
 below the tabulated length of order k plus a margin (10, 5, 3 pm for single, double, triple),
@@ -47,7 +47,7 @@ BOND_LENGTHS_PM = {
     ("O", "F"): (142,),
     ("F", "F"): (142,),
 }
-PUBLISHED = {  # REFERENCE.md §3, in percent: atom stability, molecule stability, validity, V×U
+PUBLISHED = {  # quoted from the papers' tables, in percent: atom stability, molecule stability, validity, V×U
     "data (EDM table)": (99.0, 95.2, 97.7, 97.7),
     "EDM, 1000 steps": (98.7, 82.0, 91.9, 90.7),
     "GeoBFN, 50 steps": (98.3, 85.1, 92.3, 90.7),

@@ -14,7 +14,7 @@ than O(N²), and messages are summed on the (B, N, N) grid (see :class:`Graph` f
 layouts; ``graph=edges`` is the reference code's gather–concatenate–scatter-add, same weights,
 kept for tests and the benchmark).
 
-The estimate z enters without breaking equivariance (REFERENCE.md §3): z's features join the
+The estimate z enters without breaking equivariance (docs/science.md, QM9): z's features join the
 node features with a has-estimate flag, ‖z_i − z_j‖² joins the edge features, and the
 coordinate update also moves along (z_i − z_j)/(‖z_i − z_j‖ + c). The network's output
 (position displacement x_L − x_t, new features) goes through EDM's output head, so

@@ -7,7 +7,7 @@ loss hardly sees its errors, and samples collapse onto a curve through the modes
 the DDDM map is F = x_t − x0_hat. The estimate z enters by
 concatenation together with a has-estimate flag, so ``z=None`` (the null estimate of the
 self-conditioning trick) is distinguishable from an estimate that happens to be zero. SiLU
-rather than ReLU: the diagnostics need non-zero second derivatives (REFERENCE.md §1.4).
+rather than ReLU: the diagnostics need non-zero second derivatives (docs/science.md, the regularity bound).
 Inputs are preconditioned as in EDM (Karras et al. 2022, Table 1): x_t and z are divided by
 their standard deviations (√(α²s_d² + σ²) and s_d), and the network sees the noise level as
 log-SNR λ(t) rather than t, which resolves the small-noise end where samples get their detail.

@@ -1,5 +1,5 @@
 """``dddm_unet``: a DDPM++-style U-Net (Song et al. 2021, as configured for CIFAR-10 in Karras et
-al. 2022, REFERENCE.md §4) that reads the DDDM estimate z by channel concatenation.
+al. 2022, docs/science.md, CIFAR-10) that reads the DDDM estimate z by channel concatenation.
 
 The DDDM paper's network reads z through cross-attention in an ADM U-Net; concatenating z to
 x_t on the channel axis (6 input channels for RGB) is the simpler equivalent we use. The
