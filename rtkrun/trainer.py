@@ -71,8 +71,8 @@ def too_long_warning(eta_seconds: float, device_type: str) -> str | None:
         return None
     return (
         f"at this rate training needs {duration(eta_seconds)} more on the CPU: this preset is sized for GPUs. "
-        "For a check on a CPU use a CPU-sized preset (experiment=qm9_cpu for QM9, model=dddm_unet_small "
-        "trainer=smoke for CIFAR-10) or lower trainer.max_steps; the README's Quick check lists them"
+        "For a check on a CPU use debug=fast (any dataset) or a CPU-sized preset (experiment=qm9_cpu for QM9), "
+        "or lower trainer.max_steps; the README's quick check lists them"
     )
 
 

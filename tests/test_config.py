@@ -10,7 +10,9 @@ from rtkrun.errors import ConfigError
 from tests.conftest import compose_cfg
 
 GROUP_OPTIONS = {
-    group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("default_"))
+    group: sorted(
+        p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith(("default_", "debug_"))
+    )
     for group in ("model", "schedule", "sampler", "logger", "experiment", "sweep", "trainer", "evaluation")
 }
 
@@ -128,7 +130,9 @@ def test_every_schema_key_is_in_every_option_s_yaml(group):
 
     schema = {f.name for f in dataclasses.fields({"trainer": TrainerConfig, "evaluation": EvaluationConfig}[group])}
     for option in GROUP_OPTIONS[group]:
-        dataset = {"cifar10": "cifar10", "qm9": "qm9", "qm9_smoke": "qm9", "t8_qm9": "qm9"}.get(option, "mog")
+        dataset = {"cifar10": "cifar10", "qm9": "qm9", "qm9_smoke": "qm9", "qm9_cpu": "qm9", "t8_qm9": "qm9"}.get(
+            option, "mog"
+        )
         composed = compose_cfg("train", [f"dataset={dataset}", f"{group}={option}"])[group]
         assert schema <= set(composed), (option, sorted(schema - set(composed)))
 

@@ -104,7 +104,7 @@ def test_durations_and_the_gpu_preset_warning():
     assert [duration(s) for s in (4.4, 185, 7620, 30_254_400)] == ["4 s", "3m05s", "2h07m", "350d04h"]
     assert too_long_warning(3600.0, "cpu") is None and too_long_warning(10 * 86_400.0, "cuda") is None
     warning = too_long_warning(30_254_400.0, "cpu")
-    assert "350d04h" in warning and "experiment=qm9_cpu" in warning
+    assert "350d04h" in warning and "debug=fast" in warning and "experiment=qm9_cpu" in warning
 
 
 def test_sampling_progress_logs_batches_and_steps_inside_a_batch(caplog):
@@ -127,3 +127,32 @@ def test_sampling_progress_logs_batches_and_steps_inside_a_batch(caplog):
         quiet.batch_done(100)  # not yet due
         quiet.batch_done(200)  # done quickly: the result line says enough
     assert len(caplog.records) == 3
+
+
+@pytest.mark.parametrize("dataset", ["mog", "qm9", "cifar10"])
+def test_debug_fast_checks_every_dataset_with_its_small_model_in_seconds(dataset, tmp_path):
+    """`rtkrun train debug=fast dataset=…` trains the dataset's CPU-sized model for 20 steps and
+    scores one cheap sampler, also after an experiment (it is chosen last). QM9 and CIFAR-10 run
+    on the tests' fixtures in their real file formats."""
+    import time
+
+    from tests.conftest import rtkrun_in_process
+
+    args, env = [f"dataset={dataset}"], {"RTKRUN_CACHE": str(tmp_path / "cache")}
+    if dataset == "qm9":
+        from tests.qm9_fixture import build_qm9_fixture, first_real_molecules
+
+        tarball = build_qm9_fixture(tmp_path / "qm9", first_real_molecules(60))
+        args = ["experiment=qm9_cpu", "dataset.source=figshare", f"dataset.root={tarball}"]
+    if dataset == "cifar10":
+        from tests.cifar_fixture import build_cifar10_fixture
+
+        args.append(f"dataset.root={build_cifar10_fixture(tmp_path / 'data', per_batch=8)}")
+    started = time.time()
+    proc = rtkrun_in_process("train", *args, "debug=fast", "hydra.run.dir=r", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert time.time() - started < 60
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["train/steps"] == 20
+    assert [k.split("/")[1] for k in metrics if k.startswith("eval/") and k.endswith("/nfe")] == ["ddim10"]
+    assert metrics["train/parameters"] < 1_000_000  # the small model, not the 55.7 M reference U-Net
