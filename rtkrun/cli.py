@@ -61,6 +61,7 @@ def job_dirname(override_dirname: str, task_overrides: list[str]) -> str:
 
 
 OmegaConf.register_new_resolver("rtkrun_job_dirname", job_dirname, replace=True)
+OmegaConf.register_new_resolver("rtkrun_name_suffix", lambda name: "" if name is None else f"_{name}", replace=True)
 HYDRA_FLAGS_WITH_VALUE = {
     "--cfg",
     "-c",

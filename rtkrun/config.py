@@ -156,9 +156,12 @@ class TrainRun:
     trainer: Any  # TrainerConfig
     evaluation: Any  # EvaluationConfig
     logger: Any
+    name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
+    tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
     def __post_init__(self) -> None:
         _seed_and_device(self)
+        _name_and_tags(self)
 
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
@@ -179,9 +182,12 @@ class SampleRun:
     n_samples: int = 10_000
     batch_size: int = 10_000
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune
+    name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
+    tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
     def __post_init__(self) -> None:
         _seed_and_device(self)
+        _name_and_tags(self)
         _at_least(self, "n_samples", 1)
         _at_least(self, "batch_size", 1)
         _choice(self, "compile", COMPILE_MODES)
@@ -196,9 +202,12 @@ class EvaluateRun:
     logger: Any
     evaluation: Any  # EvaluationConfig
     samples: str = "???"
+    name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
+    tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
     def __post_init__(self) -> None:
         _seed_and_device(self)
+        _name_and_tags(self)
 
 
 @dataclass
@@ -239,9 +248,12 @@ class DiagnoseRun:
     evaluation: Any
     diagnostics: Any
     ckpt: str | None = None
+    name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
+    tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
     def __post_init__(self) -> None:
         _seed_and_device(self)
+        _name_and_tags(self)
 
 
 @dataclass
@@ -304,6 +316,17 @@ COMMANDS = {
 def _at_least(obj: Any, key: str, low: float) -> None:
     if getattr(obj, key) < low:
         raise ConfigError(f"{key} must be >= {low}, got {getattr(obj, key)}")
+
+
+LABEL = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _name_and_tags(obj: Any) -> None:
+    """A run name goes into a directory name: letters, digits, '.', '_' and '-' only."""
+    for key, values in (("name", [] if obj.name is None else [obj.name]), ("tags", obj.tags)):
+        for value in values:
+            if not LABEL.fullmatch(str(value)):
+                raise ConfigError(f"{key} may hold letters, digits, '.', '_' and '-' only, got {value!r}")
 
 
 def _positive(obj: Any, key: str) -> None:
@@ -425,5 +448,7 @@ def digest(value: Any) -> str:
 
 
 def config_digest(run: Any) -> str:
-    """SHA-1 of a validated run config: what a finished job's metrics.json is checked against."""
-    return digest(to_dict(run))
+    """SHA-1 of a validated run config: what a finished job's metrics.json is checked against.
+    The labels (name, tags) are left out: relabelling a run does not redo it, and digests of
+    runs made before labels existed still match."""
+    return digest({k: v for k, v in to_dict(run).items() if k not in ("name", "tags")})

@@ -46,6 +46,8 @@ SAMPLE_COLUMNS = [
     "seconds",
     "n",
     "seed",
+    "name",
+    "tags",
     "status",
     "run_dir",
 ]
@@ -86,6 +88,8 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
         "sampler": cfg["sampler"]["name"],
         "variant": _variant(cfg["sampler"]),
         "seed": cfg.get("seed"),
+        "name": cfg.get("name"),
+        "tags": " ".join(cfg.get("tags") or []) or None,
         "run_dir": str(run_dir),
     }
     metrics_path = run_dir / "metrics.json"
@@ -93,6 +97,8 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
         return {**row, "status": "failed or unfinished"}
     m = json.loads(metrics_path.read_text())
     row["dim"] = m.get("dataset/dim", row["dim"])  # a checkpoint fixes the dataset
+    if "name" in m:  # the labels the run recorded
+        row["name"], row["tags"] = m["name"], " ".join(m.get("tags") or []) or None
     row.update({k: m.get(f"sample/{k}") for k in SAMPLE_COLUMNS if m.get(f"sample/{k}") is not None})
     acc = [a for a in m.get("stats/acceptance") or [] if a is not None and a == a]  # None/NaN: no MALA steps
     contraction = m.get("stats/contraction")

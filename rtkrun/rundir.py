@@ -46,6 +46,7 @@ RECORD = "run.json"
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
 EVERYTHING = ("",)  # a prefix of every key: the command regenerates from its inputs each time
 # Settings that may differ from those of the experiment a directory holds.
+LABELS = ("name", "tags")  # how a run is labelled, not what it computes
 MAY_CHANGE: dict[str, tuple[str, ...]] = {
     "train": (
         "trainer.max_steps",
@@ -56,10 +57,12 @@ MAY_CHANGE: dict[str, tuple[str, ...]] = {
         "evaluation",
         "logger",
         "device",
+        *LABELS,
     ),
-    "sample": ("device", "logger", "compile", "batch_size", "evaluation.batch_size", "evaluation.fid_batch_size"),
-    "evaluate": ("device", "logger", "evaluation.batch_size", "evaluation.fid_batch_size"),
-    "diagnose": ("device", "logger"),
+    "sample": ("device", "logger", "compile", "batch_size", "evaluation.batch_size", "evaluation.fid_batch_size")
+    + LABELS,
+    "evaluate": ("device", "logger", "evaluation.batch_size", "evaluation.fid_batch_size", *LABELS),
+    "diagnose": ("device", "logger", *LABELS),
     "report": EVERYTHING,
     "bench": EVERYTHING,
 }
@@ -309,6 +312,8 @@ def provenance(run: Any) -> dict[str, Any]:
     return {
         "seed": run.seed,
         "command": run.command,
+        "name": getattr(run, "name", None),  # report and bench runs carry no labels
+        "tags": list(getattr(run, "tags", [])),
         "config_sha1": config_digest(run),
         "input_sha1": input_digest(run),
         "rtkrun/version": rtkrun.__version__,

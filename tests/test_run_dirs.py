@@ -400,3 +400,20 @@ def test_ctrl_c_while_sampling_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(sample_command, "draw_samples", interrupted)
     proc = rtkrun_in_process("sample", "model=mog_oracle", *S, "hydra.run.dir=S", cwd=tmp_path)
     one_line(proc, "interrupted (Ctrl-C)", code=130)
+
+
+def test_name_and_tags_label_the_directory_and_the_tables_without_redoing_the_run(tmp_path):
+    """name= is appended to the run directory's name (EDM's --desc), name and tags are recorded
+    and shown by report, and relabelling a finished run does not redo it."""
+    args = ["model=mog_oracle", *S, "name=try-1", "tags=[ddim,quick]"]
+    assert rtkrun_in_process("sample", *args, cwd=tmp_path).returncode == 0
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs" / "sample").glob("*/metrics.json")]
+    assert run_dir.name.endswith("_try-1")
+    m = metrics(run_dir)
+    assert (m["name"], m["tags"]) == ("try-1", ["ddim", "quick"])
+    proc = rtkrun_in_process("sample", "model=mog_oracle", *S, "tags=[other]", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0 and "holds this finished sample job: skipped" in proc.stdout
+    proc = rtkrun_in_process("report", "runs=outputs", "out=TB", "hydra.run.dir=RP", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "| try-1 | ddim quick |" in (tmp_path / "TB" / "T1_T2.md").read_text()
+    one_line(rtkrun_in_process("sample", "model=mog_oracle", "name=a/b", cwd=tmp_path), "name may hold letters")
