@@ -180,6 +180,11 @@ def test_t8_runs_keep_snapshots_evaluate_them_and_report_builds_the_table(tmp_pa
             assert metrics[f"{prefix}/dddm1/nfe"] == 1
             assert metrics[f"{prefix}/ddim2/sliced_w2"] > 0
             assert 0 <= metrics[f"{prefix}/fixed_point/L_start"] < 100
+    final = "trainer.snapshot_epochs=[1,3]"  # epoch 3 ends at step 6: the final model, evaluated once
+    proc = rtkrun_in_process("train", *TINY, "dddm_variant=distill", final, "hydra.run.dir=t8f", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    keys = json.loads((tmp_path / "t8f" / "metrics.json").read_text())
+    assert "snapshot/epoch=1/dddm1/nfe" in keys and not any(k.startswith("snapshot/epoch=3/") for k in keys)
     snap = runs.snapshot_path(tmp_path / "t8" / "distill", 2)
     proc = rtkrun_in_process("sample", f"ckpt={snap}", "sampler=dddm", "n_samples=50", "hydra.run.dir=s", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # a snapshot is a checkpoint like last.pt

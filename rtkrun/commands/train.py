@@ -140,6 +140,8 @@ def train(run, run_dir: Path) -> dict[str, Any]:
     metrics = _evaluate_model(run, "eval", eval_model, metrics["train/steps"], metrics, parts, run_dir, tracker)
     for epoch, path in runs.snapshot_paths(run_dir).items():  # trainer.snapshot_epochs (T8)
         state = runs.load_checkpoint(path, map_location=device)
+        if state["step"] == metrics["train/steps"]:  # the final model itself: eval/ holds its numbers
+            continue
         snapshot = copy.deepcopy(eval_model)
         snapshot.load_state_dict(state["ema"])
         prefix = f"snapshot/epoch={epoch}"
