@@ -73,3 +73,18 @@ class WandbTracker(NullTracker):
 
 def make_tracker(cfg, run_dir: Path, config: dict[str, Any]) -> NullTracker:
     return WandbTracker(cfg, run_dir, config) if cfg.name == "wandb" else NullTracker()
+
+
+def duration(seconds: float) -> str:
+    """4 s, 3m05s, 2h07m, 350d04h: two units at most."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"

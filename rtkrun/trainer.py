@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from rtkrun import distributed, runs
 from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, OneStepPairs
 from rtkrun.errors import RtkrunError, Stopped
+from rtkrun.loggers import duration
 from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig
 from rtkrun.samplers.ddim import ddim
 from rtkrun.seeding import sample_seed
@@ -44,21 +45,6 @@ def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Te
     if hasattr(dataset, "get_batch"):
         return dataset.get_batch(indices, epoch=epoch, seed=seed)
     return torch.stack([dataset[int(i)][0] for i in indices])
-
-
-def duration(seconds: float) -> str:
-    """4 s, 3m05s, 2h07m, 350d04h: two units at most."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 DAY = 86_400.0

@@ -18,6 +18,7 @@ from rtkrun.config import typed_group
 from rtkrun.data import DATASETS
 from rtkrun.diffusion.schedules import build_schedule
 from rtkrun.errors import RtkrunError
+from rtkrun.loggers import duration
 from rtkrun.metrics import images as image_metrics
 from rtkrun.metrics import mog as mog_metrics
 from rtkrun.models import MODELS, needs_training
@@ -137,8 +138,6 @@ class SamplingProgress:
                 return
         elif not self._due():
             return
-        from rtkrun.trainer import duration
-
         elapsed = time.time() - self.start
         eta = elapsed * (self.n - self.done) / max(self.done, 1)
         log.info(
