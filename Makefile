@@ -42,6 +42,7 @@ reproduce: install  ## the full protocol (GPU or cluster; days of training) -> o
 lint: install
 	$(BIN)/ruff check rtkrun tests $(wildcard scripts)
 	$(BIN)/ruff format --check rtkrun tests $(wildcard scripts)
+	$(BIN)/lint-imports --no-cache
 
 clean-outputs:
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -22,8 +22,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rtkrun.errors import RtkrunError
+from rtkrun.paths import CONF_DIR
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 COMMANDS = {
     "train": "train a denoiser, then sample and score it (default: the 2-D mixture of Gaussians)",
     "sample": "sample a checkpoint (ckpt=...) or an exact model with any sampler, and score it",
@@ -268,7 +268,7 @@ def print_checkpoint_job_config(command: str, rest: list[str], ckpt: str) -> Non
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from rtkrun.commands.common import with_checkpoint_groups
+    from rtkrun.build import with_checkpoint_groups
     from rtkrun.errors import RtkrunError
     from rtkrun.runs import load_checkpoint
 

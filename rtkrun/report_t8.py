@@ -117,13 +117,13 @@ def buffer_profile(buffer: torch.Tensor, dataset, seed: int = 0) -> dict[str, fl
     example's own entries on a subspace dataset (a molecule's real atoms)."""
     x0 = dataset.get_batch(torch.arange(len(buffer))).double()
     z = buffer.double()
-    space = dataset.space_of(x0) if hasattr(dataset, "space_of") else None
+    space = dataset.space_of(x0)
     if space is None:
         rms, error = z.pow(2).mean().sqrt(), (z - x0).pow(2).mean().sqrt()
     else:
         rms, error = space.mean_sq(z, 0 * z).mean().sqrt(), space.mean_sq(z, x0).mean().sqrt()
     out = {"buffer/rms": round(float(rms), 4), "buffer/rms_error": round(float(error), 4)}
-    if hasattr(dataset, "mixture"):
+    if dataset.mixture is not None:
         from rtkrun.metrics.mog import projection_directions, sliced_w2, sliced_w2_to_mixture
 
         gen = torch.Generator().manual_seed(seed)
@@ -148,7 +148,7 @@ def _dataset(dataset_cfg: dict[str, Any]):
     from rtkrun.config import typed_group
     from rtkrun.data import DATASETS
 
-    return DATASETS[dataset_cfg["name"]][1].build(typed_group("dataset", dataset_cfg))
+    return DATASETS[dataset_cfg["name"]][1](typed_group("dataset", dataset_cfg))
 
 
 def data_label(dataset: dict[str, Any]) -> str:

@@ -260,7 +260,7 @@ def preflight(cfg: DictConfig, rank: int = 0) -> Any:
     run = validate(cfg)
     check_device(run)
     dataset = getattr(run, "dataset", None)
-    if dataset is not None and getattr(DATASETS[dataset.name][1], "USES_CACHE", False):
+    if dataset is not None and DATASETS[dataset.name][1].uses_cache:
         check_writable(runs.cache_dir(), "set RTKRUN_CACHE to a writable directory")
     if getattr(run, "out", None) is not None and run.command == "report":
         check_writable(Path(run.out), "choose a writable out=<dir>")
@@ -321,3 +321,8 @@ def provenance(run: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         **{f"versions/{k}": v for k, v in versions.items()},
     }
+
+
+def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as metrics.json keys under ``prefix/`` (metrics.json is flat)."""
+    return {f"{prefix}/{k}": v for k, v in values.items()}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rtkrun import runs
-from rtkrun.data import DATASETS
+from rtkrun.data.base import DiffusionDataset
 from rtkrun.errors import RtkrunError
 
 EXTRAS = ("node_mask",)
@@ -74,14 +74,13 @@ def save_samples(
     dataset_cfg,
     sampler_cfg,
     nfe: int,
-    dataset=None,
+    dataset: DiffusionDataset,
     title: str = "",
     extras: dict | None = None,
 ) -> None:
     """``<path>.npz`` (samples, seed, configs, extras such as node masks), ``<path>.png`` (the
     dataset's picture) and the dataset's own files (molecules: ``<path>.sdf``), atomically."""
     extras = {k: torch.as_tensor(v).numpy() for k, v in (extras or {}).items()}
-    module = DATASETS[dataset_cfg.name][1]
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -93,8 +92,6 @@ def save_samples(
         sampler_config=json.dumps(dataclasses.asdict(sampler_cfg)) if sampler_cfg is not None else "{}",
     )
     runs.atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-    if dataset is not None:
-        module.save_picture(samples, dataset, path.with_suffix(".png"), title=title, **extras)
-    if hasattr(module, "write_files"):
-        sampler = "data" if sampler_cfg is None else sampler_cfg.name
-        module.write_files(samples, path, **extras, properties={"sampler": sampler, "nfe": nfe, "seed": seed})
+    dataset.save_picture(samples, path.with_suffix(".png"), title=title, extras=extras)
+    sampler = "data" if sampler_cfg is None else sampler_cfg.name
+    dataset.write_files(samples, path, extras, properties={"sampler": sampler, "nfe": nfe, "seed": seed})

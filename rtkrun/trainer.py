@@ -42,9 +42,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
     """Training examples at ``indices``; augmentation, where a dataset has it, is a pure function
     of (seed, epoch, index) so that resume is exact."""
-    if hasattr(dataset, "get_batch"):
-        return dataset.get_batch(indices, epoch=epoch, seed=seed)
-    return torch.stack([dataset[int(i)][0] for i in indices])
+    return dataset.get_batch(indices, epoch=epoch, seed=seed)
 
 
 DAY = 86_400.0
@@ -206,7 +204,7 @@ class Trainer:
             gen = torch.Generator().manual_seed(sample_seed(run.seed, 7_000_000))
             refresh = tc.objective != "flow_map"  # the EMA teacher improves; the exact one does not
             space_of = None
-            if hasattr(dataset, "space_of"):
+            if dataset.on_subspace:
                 space_of = lambda index: dataset.space_of(dataset.get_batch(index.cpu()).to(device))  # noqa: E731
             pairs = OneStepPairs(len(dataset), tuple(dataset.sample_shape), gen, device, refresh, space_of)
         self.objective = Objective(
@@ -220,7 +218,7 @@ class Trainer:
             dddm_weight=tc.dddm_weight,
             buffer=buffer,
             noise_weighting=tc.noise_weighting,
-            data_std=getattr(dataset, "data_std", 1.0),
+            data_std=dataset.data_std,
             fixed_t=tc.fixed_t,
             posterior_mean=self._posterior_mean(dataset) if tc.rao_blackwell else None,
             buffer_update=tc.buffer_update,
@@ -229,7 +227,7 @@ class Trainer:
             one_step_teacher=teacher,
             one_step_pairs=pairs,
         )
-        if tc.fresh_data and not hasattr(dataset, "fresh_batch"):
+        if tc.fresh_data and dataset.mixture is None:
             raise RtkrunError(
                 f"trainer.fresh_data=true needs a dataset that can draw new examples (mog), not {dataset.cfg.name}"
             )
@@ -244,8 +242,7 @@ class Trainer:
                 f"trainer.batch_size={self.batch_size} must split evenly over {self.place.world} processes "
                 f"× {self.micro_batches} micro-batches; pick a multiple of {self.place.world * self.micro_batches}"
             )
-        if hasattr(dataset, "to"):  # gather batches where the model lives
-            dataset.to(device)
+        dataset.to(device)  # gather batches where the model lives
         if tc.channels_last:
             model.to(memory_format=torch.channels_last)
             self.ema.to(memory_format=torch.channels_last)
@@ -261,7 +258,7 @@ class Trainer:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     def _posterior_mean(self, dataset):
-        if not hasattr(dataset, "mixture") or self.cfg.objective == "dddm":
+        if dataset.mixture is None or self.cfg.objective == "dddm":
             raise RtkrunError(
                 "trainer.rao_blackwell=true needs a dataset with a closed-form posterior (mog) and objective eps or x0"
             )
@@ -274,7 +271,7 @@ class Trainer:
         tc = self.cfg
         t_max = torch.tensor(tc.one_step_t, dtype=torch.float64)
         if tc.objective == "flow_map":
-            if not hasattr(dataset, "mixture"):
+            if dataset.mixture is None:
                 raise RtkrunError(
                     f"trainer.objective=flow_map regresses the exact flow map of a mixture (dataset=mog), "
                     f"not {dataset.cfg.name}"
@@ -379,10 +376,8 @@ class Trainer:
             else:
                 x0 = get_batch(self.dataset, mine, epoch, self.seed)
             x0 = x0.to(self.device, non_blocking=True)
-            space = self.dataset.space_of(x0) if hasattr(self.dataset, "space_of") else None
-            mirror = None
-            if hasattr(self.dataset, "mirrored") and not self.cfg.fresh_data:  # augmented images
-                mirror = self.dataset.mirrored(mine, epoch, self.seed)
+            space = self.dataset.space_of(x0)
+            mirror = None if self.cfg.fresh_data else self.dataset.mirrored(mine, epoch, self.seed)  # augmented images
             inputs = LossInputs(x0, mine.to(self.device), epoch, shard, space, mirror)
             last = k == self.micro_batches - 1
             # DDP all-reduces gradients on the last micro-batch only

@@ -240,7 +240,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     with tempfile.TemporaryDirectory() as tmp:
         write_fake_cifar10(Path(tmp), args.images // 5)
-        dataset = cifar10.build(cifar10.Cifar10Config(root=tmp, verify="never"))
+        dataset = cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=tmp, verify="never"))
         schedule = build_schedule(SCHEDULES["linear"][0]())
         train_rows = bench_training(args, dataset, schedule, device, Path(tmp) / "run")
         sample_rows = [] if args.skip_sampling else bench_sampling(args, dataset, schedule, device)

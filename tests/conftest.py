@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from rtkrun.cli import CONF_DIR
+from rtkrun.paths import CONF_DIR
 
 RTKRUN = str(Path(sys.executable).parent / "rtkrun")  # the installed console script
 

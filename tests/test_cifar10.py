@@ -31,7 +31,7 @@ def small_unet(**kw) -> DDDMUNet:
 
 # -- data ----------------------------------------------------------------------------------------
 def test_loader_reads_the_release_format_plane_by_plane(fixture_root):
-    ds = cifar10.build(cifar10.Cifar10Config(root=str(fixture_root)))
+    ds = cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(fixture_root)))
     assert len(ds) == 40 and ds.sample_shape == (3, 32, 32) and not ds.verified
     raw, _ = cifar10.read_batch(fixture_root / cifar10.FOLDER / "data_batch_2")
     flat = raw.reshape(8, 3072)
@@ -40,12 +40,12 @@ def test_loader_reads_the_release_format_plane_by_plane(fixture_root):
     x, index = ds[11]
     assert index == 11 and x.dtype == torch.float32
     assert torch.equal(x, ds.images[11].float() / 127.5 - 1) and -1 <= x.min() and x.max() <= 1
-    test = cifar10.build(cifar10.Cifar10Config(root=str(fixture_root), split="test"))
+    test = cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(fixture_root), split="test"))
     assert len(test) == 8
 
 
 def test_flips_are_a_pure_function_of_seed_epoch_and_index(fixture_root):
-    ds = cifar10.build(cifar10.Cifar10Config(root=str(fixture_root)))
+    ds = cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(fixture_root)))
     idx = torch.arange(40)
     a, b = ds.get_batch(idx, epoch=3, seed=1), ds.get_batch(idx, epoch=3, seed=1)
     assert torch.equal(a, b)
@@ -60,7 +60,7 @@ def test_flips_are_a_pure_function_of_seed_epoch_and_index(fixture_root):
 
 def test_missing_data_says_how_to_get_it(tmp_path):
     with pytest.raises(RtkrunError, match="dataset.download=true") as e:
-        cifar10.build(cifar10.Cifar10Config(root=str(tmp_path)))
+        cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(tmp_path)))
     assert "data_batch_1" in str(e.value)
 
 
@@ -69,19 +69,19 @@ def test_corrupt_batch_file_is_named(tmp_path):
     path = root / cifar10.FOLDER / "data_batch_3"
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(RtkrunError, match="data_batch_3"):
-        cifar10.build(cifar10.Cifar10Config(root=str(root)))
+        cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(root)))
 
 
 def test_md5_is_checked_when_asked_and_for_real_sized_files(tmp_path, fixture_root):
     with pytest.raises(RtkrunError, match="published file has c99cafc1"):
-        cifar10.build(cifar10.Cifar10Config(root=str(fixture_root), verify="always"))
+        cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(fixture_root), verify="always"))
     root = tmp_path / "real_size"
     (root / cifar10.FOLDER).mkdir(parents=True)
     for name in cifar10.SPLITS["train"]:  # real batch size but not the real bytes
         cifar10.write_batch(root / cifar10.FOLDER / name, np.zeros((10_000, 3, 32, 32), np.uint8), np.zeros(10_000))
     with pytest.raises(RtkrunError, match="MD5"):
-        cifar10.build(cifar10.Cifar10Config(root=str(root)))
-    assert len(cifar10.build(cifar10.Cifar10Config(root=str(root), verify="never"))) == 50_000
+        cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(root)))
+    assert len(cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(root), verify="never"))) == 50_000
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -206,12 +206,14 @@ def test_dddm_buffer_keeps_estimates_in_the_canonical_orientation_of_flipped_ima
     assert torch.equal(after[mirror], model.image.flip(-1).expand(2, 3, 32, 32))
     assert torch.equal(after[~mirror], model.image.expand(2, 3, 32, 32))
     # the trainer passes each batch's mirror flags, the very ones its images were flipped with
-    ds = cifar10.build(cifar10.Cifar10Config(root=str(fixture_root)))
+    ds = cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(fixture_root)))
     idx = torch.tensor([3, 17, 8, 30])
     flags = ds.mirrored(idx, 2, 5)
     assert torch.equal(ds.get_batch(idx, epoch=2, seed=5), torch.where(flags[:, None, None, None],
                        ds.get_batch(idx).flip(-1), ds.get_batch(idx)))  # fmt: skip
-    assert cifar10.build(cifar10.Cifar10Config(root=str(fixture_root), hflip=False)).mirrored(idx, 2, 5) is None
+    assert (
+        cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(fixture_root), hflip=False)).mirrored(idx, 2, 5) is None
+    )
 
 
 def test_the_trainer_hands_the_objective_the_batch_mirror_flags(fixture_root, monkeypatch, tmp_path):
@@ -220,7 +222,7 @@ def test_the_trainer_hands_the_objective_the_batch_mirror_flags(fixture_root, mo
     from tests.conftest import compose_cfg
 
     run = validate(compose_cfg("train", ["dataset=cifar10", f"dataset.root={fixture_root}", "trainer.batch_size=8"]))
-    ds = cifar10.build(run.dataset)
+    ds = cifar10.Cifar10Dataset(run.dataset)
     captured = []
     monkeypatch.setattr(Objective, "__call__", lambda self, model, batch, gen: captured.append(batch) or (
         model(batch.x0, torch.ones(len(batch.x0)), None).float().mean()))  # fmt: skip
@@ -308,7 +310,7 @@ def test_real_extractor_is_deterministic_and_checked():
 
 def test_fid_of_a_set_with_itself_is_zero_and_differs_from_another_set(fixture_root, monkeypatch, tmp_path):
     monkeypatch.setenv("RTKRUN_CACHE", str(tmp_path / "cache"))
-    ds = cifar10.build(cifar10.Cifar10Config(root=str(fixture_root)))
+    ds = cifar10.Cifar10Dataset(cifar10.Cifar10Config(root=str(fixture_root)))
     own = images.score_samples(ds, ds.get_batch(torch.arange(len(ds))), None, "cpu", 20)
     assert abs(own["fid"]) < 1e-3 and own["fid_n"] == own["fid_reference_n"] == 40
     assert own["fid_extractor_sha1"] == images.WEIGHTS_SHA1 and own["non_finite_samples"] == 0

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from rtkrun.cli import CONF_DIR
 from rtkrun.config import validate
 from rtkrun.errors import ConfigError
+from rtkrun.paths import CONF_DIR
 from tests.conftest import compose_cfg
 
 GROUP_OPTIONS = {

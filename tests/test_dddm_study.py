@@ -10,8 +10,8 @@ import torch
 
 from rtkrun import runs
 from rtkrun.config import validate
-from rtkrun.data.mog import GaussianMixture
 from rtkrun.diagnostics.fixed_point import fixed_point_profile
+from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, OneStepPairs
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
@@ -220,10 +220,10 @@ def test_variant_labels_name_the_settings():
 
 def test_buffer_profile_is_zero_where_the_buffer_holds_the_examples_themselves():
     from rtkrun.config import typed_group
-    from rtkrun.data.mog import build
+    from rtkrun.data.mog import MogDataset
     from rtkrun.report_t8 import buffer_profile
 
-    dataset = build(typed_group("dataset", {"name": "mog", "dim": 2, "train_size": 2000}))
+    dataset = MogDataset(typed_group("dataset", {"name": "mog", "dim": 2, "train_size": 2000}))
     x0 = dataset.get_batch(torch.arange(2000))
     profile = buffer_profile(x0, dataset)
     assert profile["buffer/rms_error"] == 0.0

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from rtkrun.data.mog import GaussianMixture
 from rtkrun.diagnostics.convexity import bound_chain
 from rtkrun.diagnostics.hessian import b_sq_lower_bound, exact_b_sq, hutchinson_frobenius
 from rtkrun.diagnostics.jacobian import exact_singular_values, lanczos_singular_values, power_iteration_norm
+from rtkrun.diffusion.mixture import GaussianMixture
 
 
 def silu_mlp(d: int, width: int = 32, scale: float = 0.6, seed: int = 0):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rtkrun.data.mog import GaussianMixture
+from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.metrics.mog import (
     exact_w2,
     mean_recovery,

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rtkrun.data.mog import GaussianMixture, MogConfig, MogDataset, make_mixture
+from rtkrun.data.mog import MogConfig, MogDataset, make_mixture
+from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.errors import ConfigError
 
 

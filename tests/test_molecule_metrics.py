@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtkrun.data import qm9
+from rtkrun.data import qm9, qm9_render
 from rtkrun.metrics import molecules
 
 
@@ -83,7 +83,7 @@ def test_sdf_round_trips_through_rdkit(training_molecules, tmp_path):
 
     numbers, positions = training_molecules.numbers[:5].copy(), training_molecules.positions[:5].astype(np.float64)
     positions[4] *= 0.5  # squeezed: every bond too short, so not stable (and not valid)
-    molecules.write_sdf(numbers, positions, tmp_path / "m.sdf", {"sampler": "ddim", "nfe": 50, "seed": 3})
+    qm9_render.write_sdf(numbers, positions, tmp_path / "m.sdf", {"sampler": "ddim", "nfe": 50, "seed": 3})
     read = [m for m in Chem.SDMolSupplier(str(tmp_path / "m.sdf"), sanitize=False)]
     assert len(read) == 5
     smiles = molecules.smiles_of(numbers, positions)
@@ -103,8 +103,8 @@ def test_the_molecule_grid_carries_its_metrics_title(training_molecules, tmp_pat
     from PIL import Image
 
     numbers, positions = training_molecules.numbers[:5], training_molecules.positions[:5].astype(np.float64)
-    molecules.save_grid(numbers, positions, tmp_path / "plain.png")
-    molecules.save_grid(numbers, positions, tmp_path / "titled.png", title="ddim: atom stability 99.0")
+    qm9_render.save_grid(numbers, positions, tmp_path / "plain.png")
+    qm9_render.save_grid(numbers, positions, tmp_path / "titled.png", title="ddim: atom stability 99.0")
     plain, titled = Image.open(tmp_path / "plain.png"), Image.open(tmp_path / "titled.png")
     assert titled.size == (plain.size[0], plain.size[1] + 28) and titled.text["Title"] == "ddim: atom stability 99.0"
     banner = np.asarray(titled.convert("L"))[:28]

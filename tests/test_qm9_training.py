@@ -155,9 +155,9 @@ def fixture_dataset(tmp_path_factory):
     ],
 )
 def test_every_sampler_on_molecules_is_reproducible_and_batch_independent(fixture_dataset, name, settings):
-    from rtkrun.commands.common import draw_samples
     from rtkrun.models.egnn import EGNN, EGNNConfig
     from rtkrun.samplers import SAMPLERS
+    from rtkrun.sampling import draw_samples
 
     torch.manual_seed(0)
     model = EGNN(EGNNConfig(layers=2, hidden=16), 6, PolynomialSchedule())

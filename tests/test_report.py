@@ -150,9 +150,9 @@ def test_baselines_are_kept_per_sample_size():
 
 
 def test_mog_descriptions_carry_the_off_mode_fraction():
-    from rtkrun.commands.common import describe
+    from rtkrun.data.mog import MogDataset
 
-    line = describe({"sliced_w2": 0.5, "baseline/sliced_w2": 0.1, "mode_tv": 0.2, "off_mode": 0.375})
+    line = MogDataset.describe({"sliced_w2": 0.5, "baseline/sliced_w2": 0.1, "mode_tv": 0.2, "off_mode": 0.375})
     assert line == "sliced W2 0.5 (true vs true 0.1), mode TV 0.2, off-mode 37.5 %"
 
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rtkrun.data.mog import GaussianMixture, MogConfig, MogDataset
+from rtkrun.data.mog import MogConfig, MogDataset
+from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.diffusion.schedules import CosineSchedule, LinearSchedule
 from rtkrun.metrics.mog import score_samples
 from rtkrun.models.oracle import MogOracle
@@ -217,8 +218,8 @@ def test_compiled_network_samples_equal_eager(dataset):
     # `rtkrun sample compile=default`: torch.compile of the MLP, or of the EGNN's per-call core
     # (the mask bound outside the graph); samples equal eager ones to float32 round-off.
     from rtkrun.bench.presets import PRESETS, Parts
-    from rtkrun.commands.common import draw_samples
     from rtkrun.config import typed_group
+    from rtkrun.sampling import draw_samples
 
     parts = Parts(next(c for c in PRESETS["tiny"] if c.dataset == dataset), torch.device("cpu"))
     sampler = typed_group("sampler", {"name": "dddm", "nfe": 3})

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from rtkrun.data.mog import GaussianMixture, MogConfig, MogDataset
+from rtkrun.data.mog import MogConfig, MogDataset
+from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.diffusion.schedules import CosineSchedule
 from rtkrun.metrics.mog import score_samples
 from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig, MogOracle

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from rtkrun.data.mog import GaussianMixture
+from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.metrics.mog import projected_quantiles, sliced_w2_to_mixture
 from rtkrun.report import fit_exponent
 from scripts.make_t7 import LADDER, search

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from rtkrun import runs
+from rtkrun.build import build_parts
 from rtkrun.commands import run_command
-from rtkrun.commands.common import build_parts, draw_samples, score
 from rtkrun.config import validate
 from rtkrun.diffusion.objectives import Objective
 from rtkrun.errors import RtkrunError
+from rtkrun.sampling import draw_samples
 from tests.conftest import compose_cfg
 
 NO_EVAL = ["~evaluation.samplers"]  # Hydra merges dicts: delete, then add with +key=…
@@ -48,7 +49,7 @@ def test_default_model_learns(tmp_path):
     dataset, schedule, model = build_parts(run, run.seed)  # the same initialisation, untrained
     sampler = run.evaluation.samplers["ddim50"]
     samples, _ = draw_samples(model, sampler, schedule, dataset, 2000, 2000, 0, torch.device("cpu"))
-    initial = score(dataset, samples, run.evaluation)["sliced_w2"]
+    initial = dataset.score(samples, run.evaluation)["sliced_w2"]
     trained = metrics["eval/ddim50/sliced_w2"]
     assert trained * 5 <= initial, (trained, initial)
     # Sliced W2 alone misses samples collapsed onto a curve through the modes (seen with the
@@ -110,7 +111,7 @@ def test_durations_and_the_gpu_preset_warning():
 def test_sampling_progress_logs_batches_and_steps_inside_a_batch(caplog):
     import logging
 
-    from rtkrun.commands.common import SamplingProgress
+    from rtkrun.sampling import SamplingProgress
 
     progress = SamplingProgress("eval/ddim50", 300, every=0.0)
     with caplog.at_level(logging.INFO, logger="rtkrun"):

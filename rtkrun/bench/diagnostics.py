@@ -18,8 +18,8 @@ import torch
 
 from rtkrun.bench.presets import Parts
 from rtkrun.bench.timing import measure
-from rtkrun.commands.common import bind_to_data
 from rtkrun.diagnostics.convexity import bound_chain, matrix_free_chain
+from rtkrun.sampling import bind_to_data
 from rtkrun.trainer import get_batch
 
 
@@ -31,8 +31,9 @@ def bench_diagnostics(parts: Parts, *, warmup: int, repeats: int) -> list[dict[s
     t_value = 0.5
     alpha, sigma = (v.item() for v in parts.schedule.alpha_sigma(torch.tensor(t_value, dtype=torch.float64)))
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
-    if hasattr(parts.dataset, "space_of"):
-        noise = parts.dataset.space_of(x0).project(noise)
+    space = parts.dataset.space_of(x0)
+    if space is not None:
+        noise = space.project(noise)
     x = alpha * x0 + sigma * noise
     t = torch.full((len(x),), t_value, dtype=torch.float64, device=device)
     with torch.no_grad():

@@ -13,8 +13,8 @@ import torch
 
 from rtkrun.bench.presets import Parts
 from rtkrun.bench.timing import measure
-from rtkrun.commands.common import bind_to_data
 from rtkrun.errors import RtkrunError
+from rtkrun.sampling import bind_to_data
 from rtkrun.trainer import get_batch
 
 LAYOUTS = ("edges", "pairs", "dense")  # the reference first

@@ -14,7 +14,7 @@ import torch
 from rtkrun.bench.presets import Parts
 from rtkrun.bench.timing import measure
 from rtkrun.bench.training import bench_training
-from rtkrun.commands.common import CompiledNetwork, start_batch
+from rtkrun.sampling import CompiledNetwork, start_batch
 from rtkrun.seeding import SampleNoise
 
 

@@ -17,9 +17,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from rtkrun.commands.common import build_parts
+from rtkrun.build import build_parts
 from rtkrun.config import validate
 from rtkrun.data import cifar10
+from rtkrun.paths import CONF_DIR
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,6 @@ PRESETS: dict[str, tuple[Case, ...]] = {
 
 def compose_train(overrides: list[str]):
     """The validated ``train`` config for ``overrides``, inside or outside a running Hydra app."""
-    from rtkrun.cli import CONF_DIR
-
     if GlobalHydra.instance().is_initialized():
         return validate(compose(config_name="train", overrides=overrides))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

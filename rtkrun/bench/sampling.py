@@ -18,9 +18,9 @@ import torch
 from rtkrun.bench.precision import compile_mode
 from rtkrun.bench.presets import Parts
 from rtkrun.bench.timing import measure_interleaved
-from rtkrun.commands.common import CompiledNetwork, start_batch
 from rtkrun.config import typed_group
 from rtkrun.samplers import SAMPLERS, settings_for
+from rtkrun.sampling import CompiledNetwork, start_batch
 from rtkrun.seeding import SampleNoise
 
 GOALS = {"ddpm": 1.10, "ddim": 1.10, "dddm": 1.10, "rtk_mala": 1.5}

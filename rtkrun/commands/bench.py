@@ -16,7 +16,7 @@ import torch
 
 from rtkrun import runs
 from rtkrun.bench.suite import markdown, run_suite
-from rtkrun.commands.common import resolve_device
+from rtkrun.build import resolve_device
 from rtkrun.rundir import provenance
 
 log = logging.getLogger("rtkrun.bench")

@@ -16,18 +16,13 @@ from typing import Any
 import torch
 
 from rtkrun import runs
-from rtkrun.commands.common import (
-    bind_to_data,
-    flatten,
-    load_trained_parts,
-    resolve_device,
-    start_batch,
-)
+from rtkrun.build import load_trained_parts, resolve_device
 from rtkrun.diagnostics.convexity import bound_chain, matrix_free_chain
 from rtkrun.diffusion.param import expand_like
 from rtkrun.errors import RtkrunError
-from rtkrun.rundir import provenance
+from rtkrun.rundir import flatten, provenance
 from rtkrun.samplers import SAMPLERS, settings_for
+from rtkrun.sampling import bind_to_data, start_batch
 from rtkrun.seeding import SampleNoise
 
 log = logging.getLogger("rtkrun")
@@ -53,7 +48,7 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
     """(source, t, level, iteration, x_t, z) batches to diagnose."""
     dc, n = run.diagnostics, run.diagnostics.n_points
     gen = torch.Generator().manual_seed(run.seed)
-    if hasattr(dataset, "mixture"):  # exact samples
+    if dataset.mixture is not None:  # exact samples
         x0 = dataset.mixture.sample(n, gen)
     else:  # n training examples, drawn without replacement
         x0 = dataset.get_batch(torch.randperm(len(dataset), generator=gen)[:n]).double().cpu()
@@ -62,7 +57,7 @@ def _points(run, dataset, schedule, model, device: torch.device) -> list[dict[st
     # estimators still run in the ambient 29 × 9 space, where the complement is inert (J = 0
     # there): L is exact, but σ_min(I + J) is reported as min(1, its value on the subspace) and
     # the true curvature as min(1/σ², its value on the subspace).
-    space = dataset.space_of(x0) if hasattr(dataset, "space_of") else None
+    space = dataset.space_of(x0)
     denoiser = bind_to_data(model, dataset, x0.to(device))
     out = []
     for t in dc.noise_levels:
@@ -184,7 +179,7 @@ def diagnose(run, run_dir: Path) -> dict[str, Any]:
     model = model.double().eval().requires_grad_(False).to(device)  # derivatives in z only
     dim = math.prod(dataset.sample_shape)
     estimator = dc.estimator if dc.estimator != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "lanczos")
-    if estimator == "exact" and hasattr(dataset, "space_of"):
+    if estimator == "exact" and dataset.on_subspace:
         # The exact path differentiates one sample at a time (vmap), but a molecule denoiser
         # carries its whole batch's node mask: the two do not fit together.
         raise RtkrunError(

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from rtkrun import runs
-from rtkrun.commands.common import build_dataset, describe, flatten, resolve_device, score
+from rtkrun.build import build_dataset, resolve_device
 from rtkrun.config import typed_group
 from rtkrun.errors import RtkrunError
-from rtkrun.rundir import provenance
+from rtkrun.rundir import flatten, provenance
 from rtkrun.samples_file import find_samples, read_samples
 
 log = logging.getLogger("rtkrun")
@@ -25,12 +25,12 @@ def score_data(run, run_dir: Path) -> dict[str, Any]:
     dataset = build_dataset(run.dataset)
     n = min(run.evaluation.n_samples, len(dataset))
     x0 = dataset.get_batch(torch.arange(n)).cpu()
-    scores = score(dataset, x0, run.evaluation, resolve_device(run.device))
+    scores = dataset.score(x0, run.evaluation, resolve_device(run.device))
     split = getattr(run.dataset, "split", "train")
     metrics = {"status": "complete", **provenance(run), "samples": f"data:{split}", **flatten("evaluate", scores)}
     metrics["dataset/name"] = run.dataset.name
     runs.write_json(run_dir / "metrics.json", metrics)
-    log.info("the data themselves (%s, n=%d): %s; %s", split, n, describe(scores), run_dir.resolve())
+    log.info("the data themselves (%s, n=%d): %s; %s", split, n, dataset.describe(scores), run_dir.resolve())
     return metrics
 
 
@@ -50,9 +50,9 @@ def evaluate(run, run_dir: Path) -> dict[str, Any]:
         raise RtkrunError(
             f"{path} holds samples of shape {tuple(x0.shape[1:])}, the dataset expects {tuple(dataset.sample_shape)}"
         )
-    scores = score(dataset, x0, run.evaluation, resolve_device(run.device), extras)
+    scores = dataset.score(x0, run.evaluation, resolve_device(run.device), extras)
     metrics = {"status": "complete", **provenance(run), "samples": str(path), **flatten("evaluate", scores)}
     metrics["dataset/name"] = run.dataset.name
     runs.write_json(run_dir / "metrics.json", metrics)
-    log.info("%s; %s", describe(scores), run_dir.resolve())
+    log.info("%s; %s", dataset.describe(scores), run_dir.resolve())
     return metrics

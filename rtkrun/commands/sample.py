@@ -9,17 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from rtkrun import runs
-from rtkrun.commands.common import (
-    describe,
-    draw_samples,
-    flatten,
-    load_trained_parts,
-    recorded_stats,
-    resolve_device,
-    score,
-)
-from rtkrun.rundir import provenance
+from rtkrun.build import load_trained_parts, resolve_device
+from rtkrun.rundir import flatten, provenance
 from rtkrun.samples_file import save_samples
+from rtkrun.sampling import draw_samples, recorded_stats
 
 log = logging.getLogger("rtkrun")
 
@@ -39,7 +32,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         device,
         run.compile,
     )
-    scores = score(dataset, samples, run.evaluation, device, info["extras"])
+    scores = dataset.score(samples, run.evaluation, device, info["extras"])
     save_samples(
         run_dir / "samples" / "samples",
         samples,
@@ -48,7 +41,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         sampler_cfg=run.sampler,
         nfe=info["nfe"],
         dataset=dataset,
-        title=f"{run.sampler.name}, NFE {info['nfe']}: {describe(scores)}",
+        title=f"{run.sampler.name}, NFE {info['nfe']}: {dataset.describe(scores)}",
         extras=info["extras"],
     )
     metrics = {
@@ -67,5 +60,5 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         **flatten("sample", scores),
     }
     runs.write_json(run_dir / "metrics.json", metrics)
-    log.info("%s NFE %d: %s; %s", run.sampler.name, info["nfe"], describe(scores), run_dir.resolve())
+    log.info("%s NFE %d: %s; %s", run.sampler.name, info["nfe"], dataset.describe(scores), run_dir.resolve())
     return metrics

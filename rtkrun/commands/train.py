@@ -21,23 +21,15 @@ from typing import Any
 import torch
 
 from rtkrun import distributed, runs
-from rtkrun.commands.common import (
-    build_parts,
-    describe,
-    draw_samples,
-    flatten,
-    recorded_stats,
-    resolve_device,
-    score,
-    start_batch,
-)
+from rtkrun.build import build_parts, resolve_device
 from rtkrun.config import digest, to_dict
 from rtkrun.diagnostics.fixed_point import fixed_point_profile
 from rtkrun.loggers import NullTracker, make_tracker
 from rtkrun.metrics.mog import mean_recovery
 from rtkrun.models import needs_training
-from rtkrun.rundir import provenance, read_metrics
+from rtkrun.rundir import flatten, provenance, read_metrics
 from rtkrun.samples_file import save_samples
+from rtkrun.sampling import draw_samples, recorded_stats, start_batch
 from rtkrun.seeding import SampleNoise, sample_seed
 from rtkrun.trainer import Trainer
 
@@ -176,7 +168,7 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
         samples, info = draw_samples(
             model, sampler_cfg, schedule, dataset, ev.n_samples, ev.batch_size, ev.seed, device, label=key
         )
-        scores = score(dataset, samples, ev, device, info["extras"])
+        scores = dataset.score(samples, ev, device, info["extras"])
         if prefix == "eval":  # the final model's samples are kept; a snapshot's are only scored
             save_samples(
                 run_dir / "samples" / label,
@@ -186,15 +178,15 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
                 sampler_cfg=sampler_cfg,
                 nfe=info["nfe"],
                 dataset=dataset,
-                title=f"{label}: {describe(scores)}",
+                title=f"{label}: {dataset.describe(scores)}",
                 extras=info["extras"],
             )
-            tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=describe(scores))
+            tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=dataset.describe(scores))
         found = {**scores, **flatten("stats", recorded_stats(info["stats"]))}
         found.update(nfe=info["nfe"], seconds=info["seconds"], config_sha1=wanted)
         metrics.update(flatten(key, found))
         runs.write_json(metrics_path, metrics)  # a kill in the next sampler keeps this one
-        log.info("%s: %s, NFE %d, %.2f s", key, describe(scores), info["nfe"], info["seconds"])
+        log.info("%s: %s, NFE %d, %.2f s", key, dataset.describe(scores), info["nfe"], info["seconds"])
     if ev.fixed_point_points and run.trainer.objective in ("dddm", "flow_map"):
         metrics.update(flatten(f"{prefix}/fixed_point", fixed_point_at_top(model, dataset, ev, device)))
         runs.write_json(metrics_path, metrics)

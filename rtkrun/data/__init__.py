@@ -1,10 +1,13 @@
-"""Datasets: each gives a torch Dataset of (x0, global index), its sample shape, the prior noise
-and which metrics score its samples. ``DATASETS`` maps a config name to (schema, module)."""
+"""Datasets, each a :class:`rtkrun.data.base.DiffusionDataset` (the contract: batches, space,
+sampling start, scoring, pictures and files). ``DATASETS`` maps a config name to (schema, class);
+the class builds the dataset from its validated config."""
 
-from rtkrun.data import cifar10, mog, qm9
+from rtkrun.data.cifar10 import Cifar10Config, Cifar10Dataset
+from rtkrun.data.mog import MogConfig, MogDataset
+from rtkrun.data.qm9 import QM9Config, QM9Dataset
 
 DATASETS = {
-    "mog": (mog.MogConfig, mog),
-    "cifar10": (cifar10.Cifar10Config, cifar10),
-    "qm9": (qm9.QM9Config, qm9),
+    "mog": (MogConfig, MogDataset),
+    "cifar10": (Cifar10Config, Cifar10Dataset),
+    "qm9": (QM9Config, QM9Dataset),
 }

@@ -16,13 +16,15 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from rtkrun import runs
+from rtkrun.data.base import DiffusionDataset
 from rtkrun.errors import ConfigError, RtkrunError
+from rtkrun.metrics import images as image_metrics
 from rtkrun.metrics.images import to_uint8
 from rtkrun.runs import file_digest
 from rtkrun.seeding import sample_seed
@@ -40,8 +42,6 @@ MD5 = {
 }
 SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 REAL_BATCH_SIZE = 10_000
-
-USES_CACHE = True  # the FID statistics of the training images are kept under runs.cache_dir() (RTKRUN_CACHE)
 
 
 @dataclass
@@ -136,11 +136,12 @@ def load_split(cfg: Cifar10Config) -> tuple[np.ndarray, np.ndarray, bool]:
     return np.concatenate(images), np.concatenate(labels), verified
 
 
-class Cifar10Dataset(Dataset):
+class Cifar10Dataset(DiffusionDataset):
     """The split in memory as uint8 (150 MB for the training set); items are (image in [−1, 1],
     global index). ``to(device)`` moves the uint8 store so that batches are gathered there."""
 
     data_std = 0.5  # the per-pixel standard deviation EDM assumes for images in [−1, 1]
+    uses_cache = True  # the FID statistics of the training images
 
     def __init__(self, cfg: Cifar10Config) -> None:
         self.cfg = cfg
@@ -186,6 +187,30 @@ class Cifar10Dataset(Dataset):
         """SHA-1 of the images actually used (keys cached FID statistics)."""
         return hashlib.sha1(self.images.cpu().numpy().tobytes()).hexdigest()
 
+    def score(self, samples: torch.Tensor, evaluation, device=None, extras=None) -> dict[str, Any]:
+        """FID against the training images, with its sample counts."""
+        return image_metrics.score_samples(
+            self, samples, evaluation.fid_weights, device or torch.device("cpu"), evaluation.fid_batch_size
+        )
+
+    @staticmethod
+    def describe(scores: dict[str, Any]) -> str:
+        return f"FID {scores['fid']:.3f} (n={scores['fid_n']} vs {scores['fid_reference_n']} training images)"
+
+    def save_picture(self, samples: torch.Tensor, path, title: str = "", extras=None) -> None:
+        """A PNG grid of the first 64 samples (8 per row), quantised as they are scored."""
+        from PIL import Image
+
+        x = torch.nan_to_num(samples[:64].detach().cpu(), nan=0.0)
+        n, rows = x.shape[0], (x.shape[0] + 7) // 8
+        cols = min(n, 8)
+        grid = torch.zeros(3, rows * 34 + 2, cols * 34 + 2, dtype=torch.uint8)
+        for i, img in enumerate(to_uint8(x)):
+            r, c = divmod(i, 8)
+            grid[:, 2 + r * 34 : 2 + r * 34 + 32, 2 + c * 34 : 2 + c * 34 + 32] = img
+        image = Image.fromarray(grid.permute(1, 2, 0).numpy())
+        runs.atomic_save(path, lambda buf: image.save(buf, format="PNG"))
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float32 [−1, 1]."""
@@ -194,23 +219,3 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def build(cfg: Cifar10Config) -> Cifar10Dataset:
     return Cifar10Dataset(cfg)
-
-
-def prior(noise, shape: tuple[int, ...]) -> torch.Tensor:
-    """x_T ~ N(0, I)."""
-    return noise.randn(*shape)
-
-
-def save_picture(samples: torch.Tensor, dataset, path, title: str = "") -> None:
-    """A PNG grid of the first 64 samples (8 per row), quantised as they are scored."""
-    from PIL import Image
-
-    x = torch.nan_to_num(samples[:64].detach().cpu(), nan=0.0)
-    n, rows = x.shape[0], (x.shape[0] + 7) // 8
-    cols = min(n, 8)
-    grid = torch.zeros(3, rows * 34 + 2, cols * 34 + 2, dtype=torch.uint8)
-    for i, img in enumerate(to_uint8(x)):
-        r, c = divmod(i, 8)
-        grid[:, 2 + r * 34 : 2 + r * 34 + 32, 2 + c * 34 : 2 + c * 34 + 32] = img
-    image = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    runs.atomic_save(path, lambda buf: image.save(buf, format="PNG"))

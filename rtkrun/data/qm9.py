@@ -18,12 +18,14 @@ import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from rtkrun import runs
+from rtkrun.data import qm9_render
+from rtkrun.data.base import DiffusionDataset
 from rtkrun.data.qm9_files import (
     ATOMIC_NUMBER,
     ELEMENTS,
@@ -34,7 +36,9 @@ from rtkrun.data.qm9_files import (
     read_figshare,
     read_qm9pack,
 )
+from rtkrun.diffusion.subspace import centre
 from rtkrun.errors import ConfigError
+from rtkrun.metrics import molecules
 
 log = logging.getLogger("rtkrun")
 
@@ -44,8 +48,6 @@ ONE_HOT_SCALE, CHARGE_SCALE = 0.25, 0.1
 EDM_TRAIN_SIZE, EDM_CHARACTERISED = 100_000, 130_831
 SPLITS = ("train", "valid", "test")
 NUMBER_OF_TYPE = torch.tensor([ATOMIC_NUMBER[e] for e in ELEMENTS])
-
-USES_CACHE = True  # the parsed table and the training SMILES are kept under runs.cache_dir() (RTKRUN_CACHE)
 
 
 @dataclass
@@ -128,12 +130,6 @@ def encode(table: MoleculeTable) -> torch.Tensor:
     return torch.cat([pos, one_hot, (numbers.float() * CHARGE_SCALE)[..., None]], -1) * mask[..., None]
 
 
-def centre(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 3) unweighted mean of the real atoms' positions."""
-    count = mask.sum(1, keepdim=True).clamp(min=1).to(pos.dtype)
-    return (pos * mask[..., None]).sum(1, keepdim=True) / count[..., None]
-
-
 def mask_of(x0: torch.Tensor) -> torch.Tensor:
     """Which rows of clean molecules are atoms: exactly the rows with a one-hot entry."""
     return x0[..., 3 : 3 + N_TYPES].abs().sum(-1) > 0
@@ -210,10 +206,12 @@ class BoundDenoiser(torch.nn.Module):
         return self.space.project(self.model(x_t, t, z, node_mask=self.space.mask, **kw))
 
 
-class QM9Dataset(Dataset):
+class QM9Dataset(DiffusionDataset):
     """One split in memory; items are (molecule (29, 9), index within the split)."""
 
     data_std = 1.0
+    on_subspace = True  # real atoms only, zero centre of mass
+    uses_cache = True  # the parsed table and the training SMILES
 
     def __init__(self, cfg: QM9Config) -> None:
         self.cfg = cfg
@@ -259,9 +257,55 @@ class QM9Dataset(Dataset):
         projected = SubspaceNoise(noise, space, self.sample_shape)
         return projected.randn(*self.sample_shape), space, projected
 
+    def training_smiles(self) -> set[str]:
+        """SMILES of the training molecules built by the scoring rule (novelty), cached by the
+        data's digest."""
+        key = table_digest(self.train)[:16]
+        path = runs.cache_dir() / f"qm9_train_smiles_{key}.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as f:
+                    return set(f["smiles"].tolist())
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                log.warning("%s is unreadable; rebuilding it", path)
+        log.info("building the training SMILES for novelty (once; cached as %s)", path)
+        found: list[str] = []
+        for start in range(0, len(self.train), 2000):
+            chunk = self.train.take(np.arange(start, min(start + 2000, len(self.train))))
+            found += [s for s in molecules.smiles_of(chunk.numbers, chunk.positions.astype(np.float64)) if s]
+        buf = io.BytesIO()
+        np.savez(buf, smiles=np.array(sorted(set(found)), dtype=str))
+        runs.atomic_write_bytes(path, buf.getvalue())
+        return set(found)
 
-def build(cfg: QM9Config) -> QM9Dataset:
-    return QM9Dataset(cfg)
+    def score(self, samples: torch.Tensor, evaluation=None, device=None, extras=None) -> dict[str, Any]:
+        """EDM's atom and molecule stability, validity, uniqueness and novelty;
+        ``extras["node_mask"]`` says which rows are atoms (else read off the one-hot rows)."""
+        numbers, positions = decode(samples, node_mask_of(samples, (extras or {}).get("node_mask")))
+        scores = molecules.score_molecules(numbers, positions, self.training_smiles())
+        scores["nonfinite"] = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+        return scores
+
+    @staticmethod
+    def describe(scores: dict[str, Any]) -> str:
+        return (
+            f"atom stability {100 * scores['atom_stability']:.1f}, molecule stability "
+            f"{100 * scores['mol_stability']:.1f}, valid {100 * scores['validity']:.1f}, "
+            f"V×U {100 * scores['valid_x_unique']:.1f} (n={scores['n_molecules']})"
+        )
+
+    def save_picture(self, samples: torch.Tensor, path, title: str = "", extras=None) -> None:
+        """A PNG grid of 2-D depictions (RDKit) of the first 16 samples; invalid ones drawn as
+        their atoms with the inferred bonds, unsanitised."""
+        mask = node_mask_of(samples, (extras or {}).get("node_mask"))
+        numbers, positions = decode(samples[:16], mask[:16])
+        qm9_render.save_grid(numbers, positions, path, title=title)
+
+    def write_files(self, samples: torch.Tensor, path: Path, extras: dict | None, properties: dict[str, Any]) -> None:
+        """``<path>.sdf``: every sample with its inferred bonds and 3-D coordinates, its index,
+        SMILES, validity and stability, and ``properties`` (sampler, NFE, seed) on every record."""
+        numbers, positions = decode(samples, node_mask_of(samples, (extras or {}).get("node_mask")))
+        qm9_render.write_sdf(numbers, positions, Path(path).with_suffix(".sdf"), properties)
 
 
 def decode(x: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -275,21 +319,3 @@ def decode(x: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]
 def node_mask_of(samples: torch.Tensor, node_mask=None) -> torch.Tensor:
     """The saved node mask of molecule samples, or the mask read off clean one-hot rows."""
     return mask_of(samples) if node_mask is None else torch.as_tensor(node_mask, dtype=torch.bool)
-
-
-def save_picture(samples: torch.Tensor, dataset, path, title: str = "", node_mask=None) -> None:
-    """A PNG grid of 2-D depictions (RDKit) of the first 16 samples; invalid ones drawn as
-    their atoms with the inferred bonds, unsanitised."""
-    from rtkrun.metrics import molecules
-
-    numbers, positions = decode(samples[:16], node_mask_of(samples, node_mask)[:16])
-    molecules.save_grid(numbers, positions, path, title=title)
-
-
-def write_files(samples: torch.Tensor, path: Path, node_mask=None, properties: dict | None = None) -> None:
-    """``<path>.sdf``: every sample with its inferred bonds and 3-D coordinates, its index,
-    SMILES, validity and stability, and ``properties`` (sampler, NFE, seed) on every record."""
-    from rtkrun.metrics import molecules
-
-    numbers, positions = decode(samples, node_mask_of(samples, node_mask))
-    molecules.write_sdf(numbers, positions, Path(path).with_suffix(".sdf"), properties)

@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import chi2
 
-from rtkrun.data.mog import GaussianMixture
+from rtkrun.diffusion.mixture import GaussianMixture
 
 
 def projection_directions(mixture: GaussianMixture, n_random: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,15 +12,10 @@ at once on (B, 29, 29) arrays; only RDKit runs per molecule.
 
 from __future__ import annotations
 
-import io
 import logging
-import zipfile
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from rtkrun import runs
 from rtkrun.errors import RtkrunError
 
 log = logging.getLogger("rtkrun")
@@ -116,7 +111,7 @@ def stability(numbers: np.ndarray, positions: np.ndarray) -> dict[str, float]:
     }
 
 
-def _rdkit():
+def rdkit_chem():
     try:
         from rdkit import Chem, RDLogger
     except ImportError:
@@ -128,7 +123,7 @@ def _rdkit():
 def build_molecule(numbers: np.ndarray, positions: np.ndarray, orders: np.ndarray):
     """An RDKit molecule with one atom per real row and exactly the inferred bonds (with a 3-D
     conformer, so it can be written as SDF)."""
-    Chem = _rdkit()
+    Chem = rdkit_chem()
     bond_type = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
     real = np.flatnonzero(numbers > 0)
     mol = Chem.RWMol()
@@ -147,7 +142,7 @@ def build_molecule(numbers: np.ndarray, positions: np.ndarray, orders: np.ndarra
 
 def canonical_smiles(mol) -> str | None:
     """Canonical SMILES of the largest fragment when the molecule sanitises, else None."""
-    Chem = _rdkit()
+    Chem = rdkit_chem()
     try:
         Chem.SanitizeMol(mol)
         fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=True)
@@ -160,30 +155,6 @@ def canonical_smiles(mol) -> str | None:
 def smiles_of(numbers: np.ndarray, positions: np.ndarray) -> list[str | None]:
     orders = bond_orders(numbers, positions)
     return [canonical_smiles(build_molecule(numbers[b], positions[b], orders[b])) for b in range(len(numbers))]
-
-
-def training_smiles(dataset) -> set[str]:
-    """SMILES of the training molecules built by the same rule, cached by the data's digest."""
-    from rtkrun.data.qm9 import table_digest
-
-    train = dataset.train
-    key = table_digest(train)[:16]
-    path = runs.cache_dir() / f"qm9_train_smiles_{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                return set(f["smiles"].tolist())
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            log.warning("%s is unreadable; rebuilding it", path)
-    log.info("building the training SMILES for novelty (once; cached as %s)", path)
-    found: list[str] = []
-    for start in range(0, len(train), 2000):
-        chunk = train.take(np.arange(start, min(start + 2000, len(train))))
-        found += [s for s in smiles_of(chunk.numbers, chunk.positions.astype(np.float64)) if s is not None]
-    buf = io.BytesIO()
-    np.savez(buf, smiles=np.array(sorted(set(found)), dtype=str))
-    runs.atomic_write_bytes(path, buf.getvalue())
-    return set(found)
 
 
 def score_molecules(
@@ -201,58 +172,3 @@ def score_molecules(
     if reference_smiles is not None:
         out["novelty"] = len(unique - reference_smiles) / len(unique) if unique else 0.0
     return out
-
-
-def write_sdf(
-    numbers: np.ndarray, positions: np.ndarray, path: str | Path, properties: dict[str, Any] | None = None
-) -> None:
-    """All molecules, with their inferred bonds and 3-D coordinates, as one SDF (atomically);
-    molecules that do not sanitise are written unsanitised, so nothing is dropped. Each record
-    carries its index, canonical SMILES (empty when invalid), valid and stable (0/1), plus
-    ``properties`` shared by every record (sampler, NFE, seed)."""
-    Chem = _rdkit()
-    orders = bond_orders(numbers, positions)
-    stable = stable_molecules(numbers, stable_atoms(numbers, positions, orders))
-    buf = io.StringIO()
-    writer = Chem.SDWriter(buf)
-    writer.SetKekulize(False)
-    for b in range(len(numbers)):
-        mol = build_molecule(numbers[b], positions[b], orders[b])
-        smiles = canonical_smiles(Chem.Mol(mol))
-        mol.SetProp("_Name", f"sample {b}")
-        record = {"index": b, "smiles": smiles or "", "valid": int(smiles is not None), "stable": int(stable[b])}
-        for key, value in {**record, **(properties or {})}.items():
-            mol.SetProp(key, str(value))
-        writer.write(mol)
-    writer.close()
-    runs.atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def save_grid(numbers: np.ndarray, positions: np.ndarray, path: str | Path, title: str = "") -> None:
-    """2-D depictions (RDKit) of the molecules in a 4-wide PNG grid, each labelled with its SMILES
-    or "invalid"; a molecule RDKit cannot lay out (coincident atoms) is left as a blank tile."""
-    Chem = _rdkit()
-    from PIL import Image, ImageDraw
-    from PIL.PngImagePlugin import PngInfo
-    from rdkit.Chem import AllChem, Draw
-
-    orders = bond_orders(numbers, positions)
-    size, per_row = 220, 4
-    rows = max((len(numbers) + per_row - 1) // per_row, 1)
-    banner = 28 if title else 0  # the metrics line, drawn above the tiles as the MoG plots have it
-    grid = Image.new("RGB", (per_row * size, rows * size + banner), "white")
-    if title:
-        ImageDraw.Draw(grid).text((8, 8), title, fill="black")
-    for b in range(len(numbers)):
-        mol = build_molecule(numbers[b], positions[b], orders[b])
-        smiles = canonical_smiles(Chem.Mol(mol))
-        try:
-            mol.UpdatePropertyCache(strict=False)
-            AllChem.Compute2DCoords(mol)
-            tile = Draw.MolToImage(mol, size=(size, size), legend=smiles if smiles is not None else "invalid")
-        except (RuntimeError, ValueError):
-            continue
-        grid.paste(tile, ((b % per_row) * size, banner + (b // per_row) * size))
-    info = PngInfo()
-    info.add_text("Title", title)  # the metrics line, kept with the picture
-    runs.atomic_save(path, lambda buf: grid.save(buf, format="PNG", pnginfo=info))

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtkrun.data.qm9 import centre
 from rtkrun.diffusion.schedules import VPSchedule
+from rtkrun.diffusion.subspace import centre
 from rtkrun.errors import ConfigError
 from rtkrun.models.precond import HEADS, apply_head, estimate_and_flag, noise_level
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rtkrun.data.mog import GaussianMixture
+from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.metrics.mog import mean_recovery

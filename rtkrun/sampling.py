@@ -1,0 +1,160 @@
+"""The sample loop shared by ``train``'s evaluation, ``sample`` and the benchmarks: n samples in
+batches, sample i from its own noise stream (seed, i) whatever the batch size, a dataset's
+sampling start (molecules bind their node mask), optional ``torch.compile``, and progress."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import torch
+
+from rtkrun.data.base import DiffusionDataset
+from rtkrun.loggers import duration
+from rtkrun.samplers import SAMPLERS, settings_for
+from rtkrun.samplers.base import merge_batch_stats
+from rtkrun.seeding import SampleNoise
+
+log = logging.getLogger("rtkrun")
+
+
+def start_batch(model, dataset: DiffusionDataset, noise):
+    """(denoiser, x_T, noise, node mask or None) for one batch of per-sample noise streams: x_T
+    from the dataset's sampling start; on a subspace (molecules) the denoiser has the batch's
+    node mask bound in and the noise projects every later draw."""
+    x_T, space, noise = dataset.sampling_start(noise)
+    if space is None:
+        return model, x_T, noise, None
+    return space.bind(model), x_T, noise, space.mask
+
+
+def bind_to_data(model, dataset: DiffusionDataset, x0: torch.Tensor):
+    """The denoiser for noised versions of the examples ``x0``: on a subspace dataset, with the
+    examples' node mask bound in; else the model itself."""
+    space = dataset.space_of(x0)
+    return model if space is None else space.bind(model)
+
+
+class CompiledNetwork:
+    """The network as the sampling loop calls it, compiled once with ``torch.compile``. A model
+    that binds a batch's node mask (the EGNN) has its per-call core compiled instead, so the
+    per-batch work (trim, edge list) stays outside the graph. With ``reduce-overhead`` each call
+    replays a CUDA graph whose output buffer the next replay overwrites, while samplers keep the
+    previous estimate (DDDM's residual, MALA's current score): outputs are therefore copied."""
+
+    def __init__(self, model: torch.nn.Module, mode: str) -> None:
+        self.model, self.mode = model, mode
+        self.compiled = torch.compile(model, mode=mode)
+        self.core = torch.compile(model._denoise, mode=mode) if hasattr(model, "bind") else None
+
+    def _run(self, fn, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+            return fn(*args, **kwargs).clone()
+        return fn(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._run(self.compiled, *args, **kwargs)
+
+    def eval(self) -> CompiledNetwork:
+        self.model.eval()
+        return self
+
+    def __getattr__(self, name: str) -> Any:  # log_prob, cfg, … of the model
+        if name in ("model", "mode", "compiled", "core"):
+            raise AttributeError(name)
+        if name == "bind" and self.core is not None:
+            return lambda node_mask: functools.partial(self._run, self.model.bind(node_mask, core=self.core))
+        return getattr(self.model, name)
+
+
+class SamplingProgress:
+    """Console progress of one sampler's run: samples done of n, elapsed and ETA after each
+    batch, and inside a long batch the network evaluations done so far (from the sampler's
+    per-step callback), each at most every ``every`` seconds, so long sampling is never silent."""
+
+    def __init__(self, label: str, n: int, every: float = 10.0) -> None:
+        self.label, self.n, self.every = label, n, every
+        self.start = self.last = time.time()
+        self.done = 0
+
+    def _due(self) -> bool:
+        now = time.time()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+    def step(self, info: dict[str, Any]) -> None:
+        """The sampler callback: NFE so far in the current batch."""
+        if "nfe" in info and self._due():
+            log.info("%s: batch at sample %d of %d, NFE %d so far", self.label, self.done, self.n, info["nfe"])
+
+    def batch_done(self, rows: int) -> None:
+        """After a batch: log when due; the last batch logs only if sampling took long enough
+        to need progress at all (a quick sampler's result line follows at once)."""
+        self.done += rows
+        if self.done >= self.n:
+            if time.time() - self.start < self.every:
+                return
+        elif not self._due():
+            return
+        elapsed = time.time() - self.start
+        eta = elapsed * (self.n - self.done) / max(self.done, 1)
+        log.info(
+            "%s: %d/%d samples, elapsed %s, ETA %s", self.label, self.done, self.n, duration(elapsed), duration(eta)
+        )
+
+
+def draw_samples(
+    model,
+    sampler_cfg,
+    schedule,
+    dataset,
+    n: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    compile_mode: str = "none",
+    label: str | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size.
+    Datasets on a subspace (molecules) start each batch themselves: they draw the atom counts,
+    bind the node mask into the denoiser and project every noise draw; ``info["extras"]``
+    then holds the node masks. ``compile_mode`` other than none compiles the network once.
+    Progress is logged under ``label`` (default: the sampler's name)."""
+    fn = SAMPLERS[sampler_cfg.name][1]
+    settings = settings_for(sampler_cfg)
+    chunks, masks, nfe, batch_stats = [], [], 0, []
+    start_time = time.time()
+    progress = SamplingProgress(label or sampler_cfg.name, n)
+    model.eval()
+    if compile_mode != "none":
+        model = CompiledNetwork(model, compile_mode)
+    for start in range(0, n, batch_size):
+        noise = SampleNoise.for_range(seed, start, min(start + batch_size, n), device=device)
+        denoiser, x_T, noise, mask = start_batch(model, dataset, noise)
+        if mask is not None:
+            masks.append(mask.cpu())
+        result = fn(denoiser, x_T, schedule, generator=noise, callback=progress.step, **settings)
+        chunks.append(result.x0.detach().cpu())
+        nfe = result.nfe
+        batch_stats.append((x_T.shape[0], result.stats))
+        progress.batch_done(x_T.shape[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.time() - start_time
+    extras = {"node_mask": torch.cat(masks)} if masks else {}
+    stats = merge_batch_stats(batch_stats)
+    return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats, "settings": settings, "extras": extras}
+
+
+RECORDED_STATS = ("acceptance", "step_size", "energy_evals", "contraction", "residual")
+
+
+def recorded_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The sampler stats metrics.json keeps: per-segment acceptance and step size (RTK), energy
+    evaluations outside the NFE count (exact-energy RTK-MALA), DDDM residuals and contraction."""
+    return {k: v for k, v in stats.items() if k in RECORDED_STATS}
