@@ -16,16 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from rtkrun.report import (
-    SAMPLE_COLUMNS,
-    SAMPLE_NOTE,
-    find_runs,
-    plot_quality_vs_nfe,
-    sample_row,
-    sort_rows,
-    write_docs_page,
-    write_table,
-)
+from rtkrun.report.output import plot_quality_vs_nfe, write_docs_page, write_table
+from rtkrun.report.rows import find_runs
+from rtkrun.report.t1_t2 import SAMPLE_COLUMNS, SAMPLE_NOTE, sample_row, sort_rows
 
 RTKRUN = str(Path(sys.executable).parent / "rtkrun")
 T1_DATASET = [

@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from rtkrun.report import T3_COLUMNS, T3_NOTE, diagnose_rows, find_runs, write_docs_page, write_table
+from rtkrun.report.output import write_docs_page, write_table
+from rtkrun.report.rows import find_runs
+from rtkrun.report.t3 import T3_COLUMNS, T3_NOTE, diagnose_rows
 
 RTKRUN = str(Path(sys.executable).parent / "rtkrun")
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
-from rtkrun.report import T6_COLUMNS, t6_row, write_docs_page, write_table
+from rtkrun.report.output import write_docs_page, write_table
+from rtkrun.report.t6 import T6_COLUMNS, t6_row
 
 RTKRUN = str(Path(sys.executable).parent / "rtkrun")
 DIM = 16

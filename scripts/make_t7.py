@@ -28,7 +28,8 @@ from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
 from rtkrun.metrics.mog import projection_directions, sliced_w2_to_mixture
 from rtkrun.models.oracle import MogOracleConfig
 from rtkrun.models.oracle import build as build_oracle
-from rtkrun.report import T7_COLUMNS, fit_exponent, write_docs_page, write_table
+from rtkrun.report.output import write_docs_page, write_table
+from rtkrun.report.t7 import T7_COLUMNS, fit_exponent
 from rtkrun.runs import write_json
 from rtkrun.samplers.ddpm import ddpm
 from rtkrun.seeding import SampleNoise

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from rtkrun.report import T5_COLUMNS, t5_quoted_rows, write_table
+from rtkrun.report.output import write_table
+from rtkrun.report.t5 import T5_COLUMNS, t5_quoted_rows
 from rtkrun.runs import atomic_write_bytes
 
 PYTHON = sys.executable

@@ -27,7 +27,7 @@ from rtkrun.data.mog import MogConfig, MogDataset
 from rtkrun.diffusion.schedules import CosineSchedule, LinearSchedule
 from rtkrun.metrics.mog import score_samples
 from rtkrun.models.oracle import MogOracle
-from rtkrun.report import write_docs_page, write_table
+from rtkrun.report.output import write_docs_page, write_table
 from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.seeding import SampleNoise
 

@@ -16,7 +16,7 @@ from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, O
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig
-from rtkrun.report_t8 import variant_label
+from rtkrun.report.t8 import variant_label
 from tests.conftest import compose_cfg, rtkrun_in_process
 
 VARIANTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "dddm_variant").glob("*.yaml"))
@@ -221,7 +221,7 @@ def test_variant_labels_name_the_settings():
 def test_buffer_profile_is_zero_where_the_buffer_holds_the_examples_themselves():
     from rtkrun.config import typed_group
     from rtkrun.data.mog import MogDataset
-    from rtkrun.report_t8 import buffer_profile
+    from rtkrun.report.t8 import buffer_profile
 
     dataset = MogDataset(typed_group("dataset", {"name": "mog", "dim": 2, "train_size": 2000}))
     x0 = dataset.get_batch(torch.arange(2000))

@@ -124,7 +124,7 @@ def test_diagnose_command_writes_points_summaries_and_histograms(tmp_path):
     for line in lines[1:]:
         row = dict(zip(header, line.split(",")))
         assert float(row["true"]) >= float(row["link_sigma_min"]) - 1e-8 >= float(row["margin"]) - 2e-8
-    from rtkrun.report import diagnose_rows
+    from rtkrun.report.t3 import diagnose_rows
 
     rows = diagnose_rows(diag_dir)
     assert {(r["source"], r["t"]) for r in rows} >= {("data", 0.2), ("data", 0.8), ("trajectory/dddm", 1.0)}

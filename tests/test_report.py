@@ -5,7 +5,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from rtkrun.report import SAMPLE_COLUMNS, find_runs, sample_row, sort_rows, write_table
+from rtkrun.report.output import write_table
+from rtkrun.report.rows import find_runs
+from rtkrun.report.t1_t2 import SAMPLE_COLUMNS, sample_row, sort_rows
 from rtkrun.samplers import SAMPLERS, settings_for
 
 
@@ -116,7 +118,7 @@ def test_report_command_sorts_runs_into_tables(tmp_path):
 
 
 def test_sort_rows_orders_numbers_inside_labels_by_value():
-    from rtkrun.report import natural_key
+    from rtkrun.report.rows import natural_key
 
     base = {"model": "mog_oracle", "dim": 2, "sampler": "ddim"}
     rows = [{**base, "variant": v} for v in ("steps=10", "steps=5", "steps=100", "steps=20")]
@@ -138,7 +140,7 @@ def test_sort_rows_orders_numbers_inside_labels_by_value():
 
 
 def test_baselines_are_kept_per_sample_size():
-    from rtkrun.report import baseline_levels
+    from rtkrun.report.output import baseline_levels
 
     rows = [
         {"n": 10000, "baseline/sliced_w2": 0.04},

@@ -13,7 +13,7 @@ from rtkrun.data.mog import MogConfig, MogDataset
 from rtkrun.diffusion.objectives import LossInputs, Objective
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
 from rtkrun.models.student import MogStudent, MogStudentConfig
-from rtkrun.report import t6_row
+from rtkrun.report.t6 import t6_row
 from tests.conftest import compose_cfg
 
 

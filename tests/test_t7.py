@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.metrics.mog import projected_quantiles, sliced_w2_to_mixture
-from rtkrun.report import fit_exponent
+from rtkrun.report.t7 import fit_exponent
 from scripts.make_t7 import LADDER, search
 
 

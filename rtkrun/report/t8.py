@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from rtkrun.runs import checkpoint_path, load_checkpoint, save_figure, snapshot_path
+from rtkrun.report.output import plot_t8, write_table
+from rtkrun.report.rows import dim_order, run_config
+from rtkrun.runs import checkpoint_path, load_checkpoint, snapshot_path
 
+NAME = "T8"
 T8_METRICS = {  # per dataset: the sample metrics of a row, and the one the summary and figure show
     "mog": ("sliced_w2", "w2", "mode_tv", "off_mode"),
     "qm9": ("atom_stability", "mol_stability", "validity"),
@@ -84,8 +86,9 @@ T8_NOTE = {
 SAMPLER_ORDER = ("dddm1", "dddm2", "dddm4", "dddm_sc2", "dddm_sc4", "dddm_sc10", "ddim2", "ddim4", "ddim10")
 
 
-def is_t8_run(cfg: dict[str, Any]) -> bool:
-    return cfg.get("command") == "train" and bool((cfg.get("trainer") or {}).get("snapshot_epochs"))
+def matches(run_dir: Path, cfg: dict[str, Any] | None) -> bool:
+    """A training run that kept snapshots (a training study on any dataset)."""
+    return cfg is not None and cfg.get("command") == "train" and bool((cfg.get("trainer") or {}).get("snapshot_epochs"))
 
 
 def variant_label(trainer: dict[str, Any]) -> str:
@@ -163,7 +166,7 @@ def _percent(value: Any) -> Any:
 
 def t8_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The T8 rows of one training run; each carries ``kind`` (the dataset: which table)."""
-    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+    cfg = run_config(run_dir, resolve=True)
     trainer, dataset = cfg["trainer"], cfg["dataset"]
     kind = "qm9" if dataset.get("name") == "qm9" else "mog"
     base = {"kind": kind, "data": data_label(dataset), "variant": variant_label(trainer), "run_dir": str(run_dir)}
@@ -220,48 +223,27 @@ def t8_summary(rows: list[dict[str, Any]], metric: str = "ratio/sliced_w2") -> t
     if any("buffer/to_prior" in e for e in table.values()):
         columns.append("buffer/to_prior")
     columns += ["buffer/rms_error", "status"]
-    return [table[k] for k in sorted(table, key=lambda k: (_dim_order(k[0]), k[1], k[2]))], columns
+    return [table[k] for k in sorted(table, key=lambda k: (dim_order(k[0]), k[1], k[2]))], columns
 
 
-def _dim_order(data: str) -> tuple:
-    """mog d=2 before mog d=16 (numerically), then the rest by name."""
-    found = re.match(r"mog d=(\d+)", data)
-    return (0, int(found.group(1)), "") if found else (1, 0, data)
+TABLES = (  # (kind, stem, title, the metric of the summary and figure)
+    ("mog", "T8", "the DDDM training study", "sliced W2 ÷ true-vs-true baseline"),
+    ("qm9", "T8_qm9", "the DDDM training study on QM9", "atom stability (%)"),
+)
 
 
-def plot_t8(
-    rows: list[dict[str, Any]],
-    path: Path,
-    samplers: tuple[str, ...] = ("dddm1", "dddm_sc10"),
-    metric: str = "ratio/sliced_w2",
-) -> None:
-    """``metric`` against training epoch, one line per variant, one panel per (data, sampler):
-    sliced W2 ÷ baseline on the mixture (log scale, 1 is perfect), atom stability on molecules."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datas = sorted({r["data"] for r in rows if r.get(metric) is not None}, key=_dim_order)
-    samplers = tuple(s for s in samplers if any(r.get("sampler") == s for r in rows))
-    if not datas or not samplers:
-        return
-    fig, axes = plt.subplots(len(datas), len(samplers), figsize=(5.5 * len(samplers), 4 * len(datas)), squeeze=False)
-    ratio = metric.startswith("ratio/")
-    for i, data in enumerate(datas):
-        for j, sampler in enumerate(samplers):
-            ax = axes[i][j]
-            mine = [r for r in rows if r["data"] == data and r.get("sampler") == sampler and r.get(metric) is not None]
-            for variant in sorted({r["variant"] for r in mine}):
-                pts = sorted((max(r["epoch"], 0.5), r[metric]) for r in mine if r["variant"] == variant)
-                ax.plot(*zip(*pts), marker="o", label=variant)
-            if ratio:
-                ax.axhline(1.0, color="k", ls="--", lw=1, label="true vs true")
-                ax.set(yscale="log", ylabel="sliced W2 ÷ baseline")
-            else:
-                ax.set(ylabel=metric.replace("_", " ") + " (%)")
-            ax.set(xscale="log", xlabel="epoch")
-            ax.set_title(f"{sampler}, {data}")
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+def write(run_dirs: list[Path], out: Path) -> dict[str, Any]:
+    t8 = [row for p in run_dirs for row in t8_rows(p)]
+    written = {}
+    for kind, stem, title, metric_name in TABLES:
+        rows = [r for r in t8 if r["kind"] == kind]
+        if not rows:
+            continue
+        write_table(rows, T8_COLUMNS[kind], out / stem, f"{stem}: {title}", T8_NOTE[kind])
+        summary, columns = t8_summary(rows, SUMMARY_METRIC[kind])
+        note = f"{metric_name[0].upper()}{metric_name[1:]} per evaluation sampler; every number of {stem}.md."
+        heading = f"{stem} summary: {metric_name} by variant and epoch"
+        write_table(summary, columns, out / f"{stem}_summary", heading, note)
+        plot_t8(rows, out / f"{stem}.png", metric=SUMMARY_METRIC[kind])
+        written[stem] = len(rows)
+    return written

@@ -1,0 +1,121 @@
+"""Reading run directories for the tables: which directories exist, what they ran
+(``.hydra/config.yaml``), what they measured (``metrics.json``), and how rows sort."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rtkrun import runs
+
+VARIANT_KEYS = ("energy", "solver", "levels", "segment_length", "step_size", "eta", "target")
+
+
+def find_runs(roots: list[str | Path]) -> list[Path]:
+    """Every directory under ``roots`` holding ``.hydra/config.yaml`` (single runs and sweep jobs)."""
+    found = set()
+    for root in map(Path, roots):
+        for cfg in root.rglob(".hydra/config.yaml"):
+            found.add(cfg.parent.parent)
+    return sorted(found)
+
+
+def damage(run_dir: Path) -> str | None:
+    """Why a run directory cannot be read (a torn ``.hydra/config.yaml`` or ``metrics.json``,
+    as a kill during a write leaves them), or None."""
+    try:
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except Exception as e:  # YAML and OmegaConf raise many types for a torn file
+        return f".hydra/config.yaml is unreadable ({type(e).__name__})"
+    if not isinstance(cfg, DictConfig):
+        return ".hydra/config.yaml is not a mapping"
+    try:
+        runs.read_json_object(run_dir / "metrics.json")
+    except runs.DamagedFile as e:
+        return str(e).removeprefix(f"{run_dir}/")
+    return None
+
+
+def run_config(run_dir: Path, resolve: bool = False) -> dict[str, Any]:
+    """The config a run directory recorded (``.hydra/config.yaml``) as a plain dict."""
+    return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=resolve)
+
+
+def variant(sampler: dict[str, Any]) -> str:
+    parts = [f"{k}={sampler[k]}" for k in VARIANT_KEYS if sampler.get(k) not in (None, "")]
+    defaults = {"solver=heun", "target=score", "eta=0.0", "levels=1"}
+    return " ".join(p for p in parts if p not in defaults)
+
+
+def round3(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def scored_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """What a ``sample``, ``train`` or ``evaluate`` run directory measured, one entry per sampler:
+    {source, sampler, variant, nfe, seconds, scores, seed, status, run_dir}. A sample run gives
+    one entry, a train run one per evaluation sampler, an evaluate run one (re-scored samples,
+    or ``samples=data``: the data row). Without ``metrics.json`` the job is listed as failed."""
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    command = cfg.get("command")
+    base = {"seed": cfg.get("seed"), "run_dir": str(run_dir)}
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        sampler = cfg.get("sampler") or {}
+        row = {"source": f"rtkrun: {command}", "sampler": sampler.get("name"), "variant": variant(sampler)}
+        return [{**base, **row, "scores": {}, "status": "failed or unfinished"}]
+    m = json.loads(metrics_path.read_text())
+    base["status"] = m.get("status")
+
+    def scores(prefix: str) -> dict[str, Any]:
+        return {k.removeprefix(prefix): v for k, v in m.items() if k.startswith(prefix)}
+
+    if command == "sample":
+        sampler = cfg["sampler"]
+        row = {"source": "rtkrun", "sampler": sampler["name"], "variant": variant(sampler), "nfe": m.get("nfe")}
+        return [{**base, **row, "seconds": m.get("seconds"), "scores": scores("sample/")}]
+    if command == "evaluate":
+        data = str(m.get("samples", "")).startswith("data:")
+        row = {"source": f"rtkrun: {m['samples']}" if data else "rtkrun: re-scored", "sampler": "" if data else "?"}
+        return [{**base, **row, "scores": scores("evaluate/")}]
+    rows = []
+    for label, sampler in (cfg.get("evaluation") or {}).get("samplers", {}).items():
+        found = scores(f"eval/{label}/")
+        row = {"source": f"rtkrun: train/{label}", "sampler": sampler.get("name"), "variant": variant(sampler)}
+        rows.append({**base, **row, "nfe": found.get("nfe"), "seconds": found.get("seconds"), "scores": found})
+    return rows
+
+
+def per_item_ms(row: dict[str, Any], n: int | None) -> float | None:
+    return round3(1e3 * row["seconds"] / n) if n and row.get("seconds") else None
+
+
+def dataset_of(run_dir: Path) -> str | None:
+    """The dataset a run directory measured (a checkpoint fixes it, so metrics.json comes first)."""
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        try:
+            name = json.loads(metrics.read_text()).get("dataset/name")
+        except (OSError, ValueError):
+            name = None
+        if name is not None:
+            return name
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return (cfg.get("dataset") or {}).get("name")
+
+
+def natural_key(text: Any) -> tuple:
+    """Sort key that orders the numbers inside a label by value: steps=5 before steps=10,
+    step_size=0.05 before step_size=0.1."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", str(text))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
+
+
+def dim_order(data: str) -> tuple:
+    """mog d=2 before mog d=16 (numerically), then the rest by name."""
+    found = re.match(r"mog d=(\d+)", data)
+    return (0, int(found.group(1)), "") if found else (1, 0, data)
