@@ -12,6 +12,7 @@ from one vectorised pass of NumPy's ``SeedSequence`` hash (``sample_seeds``).
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 
@@ -26,6 +27,26 @@ _M32 = 0xFFFFFFFF
 # The constants of NumPy's SeedSequence (O'Neill's seed_seq_fe, numpy/random/bit_generator.pyx).
 _INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
 _MIX_L, _MIX_R, _POOL = 0xCA01F9DD, 0x4973F715, 4
+
+
+class Stream(enum.IntEnum):
+    """The named random streams of a run besides the samples' own: ``stream_seed(seed, stream,
+    k)`` seeds the k-th use of one (an epoch, a rank). The numbers are the offsets into the
+    SeedSequence spawn keys that earlier versions used inline, kept so old runs reproduce; the
+    samples' streams are indices 0, 1, … below them."""
+
+    EPOCH_ORDER = 1_000_000  # + epoch: the permutation of training examples
+    TRAINING_NOISE = 2_000_000  # the objective's times and noise
+    DDDM_BUFFER = 3_000_000  # the initial DDDM estimates z_i
+    IMAGE_FLIPS = 4_000_000  # + epoch: which images are mirrored
+    DROPOUT = 5_000_000  # + rank: the global RNG under data parallelism
+    FIXED_POINT_PROFILE = 6_000_000  # the points of the fixed-point profile at t_max
+    ONE_STEP_PAIRS = 7_000_000  # x_T of the one-step (self-distillation) rows
+
+
+def stream_seed(seed: int, stream: Stream, k: int = 0) -> int:
+    """The seed of the k-th use of a named stream of a run seeded with ``seed``."""
+    return sample_seed(seed, int(stream) + k)
 
 
 def sample_seed(seed: int, index: int) -> int:

@@ -29,14 +29,14 @@ from rtkrun.errors import RtkrunError, Stopped
 from rtkrun.loggers import duration
 from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig
 from rtkrun.samplers.ddim import ddim
-from rtkrun.seeding import sample_seed
+from rtkrun.seeding import Stream, stream_seed
 
 log = logging.getLogger("rtkrun.train")
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The permutation of example indices for one epoch (independent of resume)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(seed, 1_000_000 + epoch)))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(seed, Stream.EPOCH_ORDER, epoch)))
 
 
 def get_batch(dataset, indices: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
@@ -194,14 +194,14 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(
                 model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
             )
-        self.generator = torch.Generator(device=device).manual_seed(sample_seed(run.seed, 2_000_000))
+        self.generator = torch.Generator(device=device).manual_seed(stream_seed(run.seed, Stream.TRAINING_NOISE))
         buffer = None
         if tc.objective == "dddm":
-            gen = torch.Generator().manual_seed(sample_seed(run.seed, 3_000_000))
+            gen = torch.Generator().manual_seed(stream_seed(run.seed, Stream.DDDM_BUFFER))
             buffer = EstimateBuffer(len(dataset), tuple(dataset.sample_shape), gen, device)
         teacher, pairs = self._one_step_teacher(dataset, schedule), None
         if teacher is not None:
-            gen = torch.Generator().manual_seed(sample_seed(run.seed, 7_000_000))
+            gen = torch.Generator().manual_seed(stream_seed(run.seed, Stream.ONE_STEP_PAIRS))
             refresh = tc.objective != "flow_map"  # the EMA teacher improves; the exact one does not
             space_of = None
             if dataset.on_subspace:
@@ -250,7 +250,7 @@ class Trainer:
         if self.place.active:
             # The objective's generator is shared (same seed on every rank: it draws the whole
             # global batch's noise); the global RNG (dropout) is offset by rank.
-            torch.manual_seed(sample_seed(run.seed, 5_000_000 + self.place.rank))
+            torch.manual_seed(stream_seed(run.seed, Stream.DROPOUT, self.place.rank))
             ids = [device.index or 0] if device.type == "cuda" else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if tc.compile:

@@ -52,7 +52,7 @@ def mixture(dim: int, k: int, std: float) -> MogDataset:
 
 def measure(name: str, dataset: MogDataset, schedule, nfe: int, n: int, seeds: list[int]) -> dict:
     """The seed-averaged ratios to the true-vs-true baseline of one sampler at one budget."""
-    schema, fn = SAMPLERS[name]
+    schema, fn, _ = SAMPLERS[name]
     settings = settings_for(schema(name=name, nfe=nfe, **SETTINGS[name]))
     model = MogOracle(dataset.mixture, schedule)
     ratios, result = [], None

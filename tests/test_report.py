@@ -57,7 +57,7 @@ def test_rows_come_from_run_directories_and_failures_are_kept(tmp_path):
 
 
 def test_nfe_budget_fits_every_sampler():
-    for name, (schema, _) in SAMPLERS.items():
+    for name, (schema, _, _) in SAMPLERS.items():
         for nfe in (3, 10, 100):
             s = settings_for(schema(nfe=nfe))
             expected = {

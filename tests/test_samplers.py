@@ -127,6 +127,20 @@ def test_batch_seeds_equal_numpy_seed_sequence():
         assert sample_seeds(seed, indices) == [sample_seed(seed, i) for i in indices], seed
 
 
+def test_named_streams_keep_the_seeds_old_runs_used():
+    """Runs made before the streams had names seeded them with these spawn keys: resuming one
+    must draw the same epoch orders, buffers and flips."""
+    from rtkrun.seeding import Stream, stream_seed
+
+    old = {Stream.EPOCH_ORDER: 1_000_000, Stream.TRAINING_NOISE: 2_000_000, Stream.DDDM_BUFFER: 3_000_000}
+    old |= {Stream.IMAGE_FLIPS: 4_000_000, Stream.DROPOUT: 5_000_000, Stream.FIXED_POINT_PROFILE: 6_000_000}
+    old |= {Stream.ONE_STEP_PAIRS: 7_000_000}
+    assert set(old) == set(Stream)
+    for stream, key in old.items():
+        assert stream_seed(11, stream, 3) == sample_seed(11, key + 3)
+    assert len({stream_seed(11, s) for s in Stream}) == len(Stream)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_noise_stream_is_one_long_draw_whatever_the_request_shapes(dtype):
     # Sample i's k-th scalar is the k-th number of its own generator: requests of any shape,

@@ -30,13 +30,12 @@ from rtkrun.models import needs_training
 from rtkrun.rundir import flatten, provenance, read_metrics
 from rtkrun.samples_file import save_samples
 from rtkrun.sampling import draw_samples, recorded_stats, start_batch
-from rtkrun.seeding import SampleNoise, sample_seed
+from rtkrun.seeding import SampleNoise, Stream, stream_seed
 from rtkrun.trainer import Trainer
 
 log = logging.getLogger("rtkrun")
 # Evaluation settings that change how samples are drawn or scored in batches, not the result.
 EVAL_HOW = ("samplers", "batch_size", "fid_batch_size")
-FIXED_POINT_STREAM = 6_000_000  # the generator of the fixed-point profile's points
 
 
 def evaluation_digest(sampler_cfg, evaluation, steps: int) -> str:
@@ -198,7 +197,9 @@ def fixed_point_at_top(model, dataset, ev, device) -> dict[str, float]:
     (x_T, z⁽⁰⁾), each the sampler's prior (on a subspace dataset, the molecule's own zero-CoM
     Gaussian, its atom count drawn as sampling draws it), from their own streams of the
     evaluation seed, at t = ``evaluation.fixed_point_t``."""
-    noise = SampleNoise.for_range(sample_seed(ev.seed, FIXED_POINT_STREAM), 0, ev.fixed_point_points, device=device)
+    noise = SampleNoise.for_range(
+        stream_seed(ev.seed, Stream.FIXED_POINT_PROFILE), 0, ev.fixed_point_points, device=device
+    )
     model.eval()
     denoiser, x_T, noise, _ = start_batch(model, dataset, noise)
     z0 = noise.randn(*dataset.sample_shape)

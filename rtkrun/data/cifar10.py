@@ -27,7 +27,7 @@ from rtkrun.errors import ConfigError, RtkrunError
 from rtkrun.metrics import images as image_metrics
 from rtkrun.metrics.images import to_uint8
 from rtkrun.runs import file_digest
-from rtkrun.seeding import sample_seed
+from rtkrun.seeding import Stream, stream_seed
 
 FOLDER = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -169,7 +169,7 @@ class Cifar10Dataset(DiffusionDataset):
     def flips(self, seed: int, epoch: int) -> torch.Tensor:
         """Which images are mirrored in ``epoch``: a (n,) bool, fixed by (seed, epoch)."""
         if self._flips is None or self._flips[0] != (seed, epoch):
-            gen = torch.Generator().manual_seed(sample_seed(seed, 4_000_000 + epoch))
+            gen = torch.Generator().manual_seed(stream_seed(seed, Stream.IMAGE_FLIPS, epoch))
             self._flips = ((seed, epoch), torch.rand(len(self), generator=gen) < 0.5)
         return self._flips[1]
 

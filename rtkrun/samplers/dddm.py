@@ -11,6 +11,7 @@ x0_hat. K = 1 at t = t_max is the paper's sampler. NFE = K·M. The fixed-point r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -109,3 +110,10 @@ def dddm(
     ratios = (res[:, 1:] / res[:, :-1].clamp_min(1e-30)) if iterations > 1 else res[:, :0]
     stats = {"levels": levels, "iterations": iterations, "residual": res.tolist(), "contraction": ratios.tolist()}
     return SampleResult(x0=x, nfe=net.nfe, stats=stats)
+
+
+def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
+    """Settings that spend ``nfe`` evaluations: the configured number of levels (at most nfe),
+    the rest as fixed-point iterations per level."""
+    levels = min(settings["levels"], nfe)
+    return {**settings, "levels": levels, "iterations": max(1, nfe // levels)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -86,3 +87,8 @@ def ddim(
         report(callback, step=i, t=ts[i], x=x, x0_hat=x0_hat, x_next=x_next, nfe=net.nfe)
         x = x_next
     return SampleResult(x0=x, nfe=net.nfe, stats={"grid": grid, "steps": steps, "eta": eta})
+
+
+def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
+    """Settings that spend ``nfe`` evaluations: one per step."""
+    return {**settings, "steps": nfe}

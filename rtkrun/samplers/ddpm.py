@@ -17,6 +17,7 @@ import torch
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.samplers.base import Callback, SampleResult, check_budget
+from rtkrun.samplers.ddim import budget as ddim_budget
 from rtkrun.samplers.ddim import ddim
 from rtkrun.seeding import SampleNoise
 
@@ -65,3 +66,6 @@ def ddpm(
     )
     result.stats.pop("eta", None)
     return result
+
+
+budget = ddim_budget  # one evaluation per step, as DDIM

@@ -10,6 +10,7 @@ t = 0, returns x0_hat). Unlike EDM's (x/α, σ/α) coordinates, the coefficients
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -71,3 +72,9 @@ def pf_ode(
         report(callback, step=i, t=ts[i], x=x, x0_hat=x0_hat, x_next=x_next, nfe=net.nfe)
         x = x_next
     return SampleResult(x0=x, nfe=net.nfe, stats={"solver": solver, "steps": steps})
+
+
+def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
+    """Settings that spend ``nfe`` evaluations: Heun takes 2 per step and 1 for the last."""
+    steps = max(1, (nfe + 1) // 2) if settings["solver"] == "heun" else nfe
+    return {**settings, "steps": steps}

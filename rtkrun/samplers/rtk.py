@@ -11,13 +11,17 @@ through the acceptance rate (``tune_mala``).
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from rtkrun.diffusion.param import score_from_x0, x0_from_score
 from rtkrun.samplers.base import ddim_move
+
+log = logging.getLogger("rtkrun")
 
 CURVATURE_GUESSES = ("auto", "model", "probe", "bound")
 
@@ -325,3 +329,31 @@ def run_segments(net, x_T, schedule, times, callback, kernel, energy="trapezoid"
         energy_evals += target.energy_evals
         x, x0_hat = y, target.denoised(y, score)
     return x0_hat, seg_stats, energy_evals
+
+
+RTK_MIN_STEPS = 6  # MALA/BAOAB steps a segment needs before another segment is worth its cost
+
+
+def rtk_budget(s: dict[str, Any], nfe: int) -> dict[str, Any]:
+    """Segments and steps for an RTK sampler within ``nfe``, favouring steps over segments.
+
+    NFE = 1 + segments·(1 + probe + c·(warm-up + inner steps)): the first x0_hat, then per
+    segment the score at the DDIM jump, the curvature probe (one evaluation, unless
+    ``curvature`` is ``model`` or ``bound``; ``auto`` counts it, so a model with an exact
+    Hessian scale spends one fewer per segment than the budget) and c evaluations per step
+    (1, or 1 + gl_nodes for Gauss–Legendre energies). The last x0_hat and the x0_hat that
+    starts each segment come from scores already computed. A segment gives half its steps to
+    the warm-up, at most ``warmup_steps``.
+    """
+    per_step = 1 + s["gl_nodes"] if s.get("energy") == "gauss_legendre" else 1
+    probe = 0 if s["curvature"] in ("model", "bound") else 1
+    if nfe < 2:  # the budget is a promise: say where it cannot be kept (the counted NFE is recorded)
+        log.warning(
+            "an RTK sampler needs at least 2 NFE (the first x0_hat and a score after the jump); nfe=%d runs 2", nfe
+        )
+    segments = max(1, min(s["segments"], (nfe - 1) // (1 + probe + per_step * RTK_MIN_STEPS)))
+    steps = ((nfe - 1) // segments - 1 - probe) // per_step
+    if steps <= 0:  # no room for a step: the probe would be wasted too
+        return {**s, "segment_length": None, "segments": segments, "warmup_steps": 0, "inner_steps": 0}
+    warmup = min(s["warmup_steps"], steps // 2)
+    return {**s, "segment_length": None, "segments": segments, "warmup_steps": warmup, "inner_steps": steps - warmup}

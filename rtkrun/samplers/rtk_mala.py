@@ -28,6 +28,7 @@ from rtkrun.samplers.rtk import (
     curvature_guess,
     mala_step,
     report_step,
+    rtk_budget,
     run_segments,
     segment_times,
     tune_mala,
@@ -230,3 +231,6 @@ def rtk_mala(
         "energy_evals": evals,
     }
     return SampleResult(x0=x0, nfe=net.nfe, stats=stats)
+
+
+budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py)

@@ -27,6 +27,7 @@ from rtkrun.samplers.rtk import (
     baoab_step,
     curvature_guess,
     report_step,
+    rtk_budget,
     run_segments,
     segment_times,
     tune_mala,
@@ -105,3 +106,6 @@ def rtk_uld(
     if taus:
         stats["step_size"] = torch.stack(taus).tolist()  # per segment: the geometric mean of 1/L
     return SampleResult(x0=x0, nfe=net.nfe, stats=stats)
+
+
+budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py)
