@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rtkrun.data import DATASETS
+from rtkrun.diffusion.objectives import ObjectiveConfig
 from rtkrun.diffusion.schedules import SCHEDULES
 from rtkrun.errors import ConfigError
 from rtkrun.models import MODEL_DATASETS, MODELS
@@ -24,16 +25,9 @@ from rtkrun.samplers import SAMPLERS
 
 
 @dataclass
-class TrainerConfig:
-    objective: str = "dddm"  # eps | x0 | dddm | flow_map (MoG: regress the exact one-step flow map, T8's reference)
-    distance: str = "mse"  # mse | pseudo_huber (x0 and dddm objectives)
-    noise_weighting: str = "none"  # none (DDDM paper) | edm (α²/σ² + 1/s_d², Karras et al. 2022)
-    huber_c: float = 1e-4
-    null_estimate_prob: float = 0.5  # dddm: fraction of each batch trained with z = None
-    dddm_weight: str = "inverse_epoch"  # inverse_epoch (w = 1/(epoch+1), the paper) | data_only
-    buffer_update: str = "estimate"  # dddm: write x0_hat (estimate, the paper) | x0 (clean, the official code)
-    one_step_prob: float = 0.0  # dddm: fraction of rows trained as DDDM-1 input onto the EMA's own DDIM sample
-    one_step_t: float = 1.0  # the DDDM-1 sampler's top time t_max, where one-step rows are trained
+class TrainerConfig(ObjectiveConfig):
+    """The loss settings (:class:`ObjectiveConfig`) and the training loop's."""
+
     one_step_teacher_steps: int = 50  # DDIM steps of the EMA teacher of the one-step rows
     snapshot_epochs: list[int] = field(default_factory=list)  # keep checkpoints/epoch-NNNNNN.pt after these epochs
     max_steps: int = 2000
@@ -44,8 +38,6 @@ class TrainerConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables (grad_clip_mode=fixed)
     grad_clip_mode: str = "fixed"  # fixed | adaptive (EDM molecules: 1.5·mean + 2·std of the last 50 norms)
     ema_decay: float = 0.999
-    t_min: float = 1e-3  # training times t ~ U(t_min, 1)
-    discrete_steps: int = 0  # > 0: t on the grid {1/N, …, 1} (discrete-time training)
     ckpt_every: int = 500  # steps
     ckpt_minutes: float = 10.0  # also checkpoint on this wall-clock timer
     log_every: int = 100
@@ -57,19 +49,11 @@ class TrainerConfig:
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs: no per-kernel launch cost) | max-autotune
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the total per step
     optimizer: str = "adamw"  # adamw | sgd (plain gradient descent: the seed's learning-regime experiments)
-    fixed_t: float | None = None  # train at this one noise level instead of t ~ U(t_min, 1)
     fresh_data: bool = False  # every step draws a fresh batch from the data distribution (MoG): population gradient
     rao_blackwell: bool = False  # regress on E[target | x_t] (exact for the MoG): same expected gradient, less variance
 
     def __post_init__(self) -> None:
-        _choice(self, "objective", ("eps", "x0", "dddm", "flow_map"))
-        _choice(self, "buffer_update", ("estimate", "clean"))
-        if not 0.0 <= self.one_step_prob <= 1.0:
-            raise ConfigError(f"one_step_prob must be in [0, 1], got {self.one_step_prob}")
-        if self.one_step_prob > 0 and self.objective != "dddm":
-            raise ConfigError(f"one_step_prob applies to objective=dddm, not {self.objective}; set it to 0")
-        if not 0.0 < self.one_step_t <= 1.0:
-            raise ConfigError(f"one_step_t must be in (0, 1], got {self.one_step_t}")
+        super().__post_init__()
         _at_least(self, "one_step_teacher_steps", 1)
         if any(not isinstance(e, int) or e < 1 for e in self.snapshot_epochs):
             raise ConfigError(f"snapshot_epochs must be epoch numbers >= 1, got {list(self.snapshot_epochs)}")
@@ -77,25 +61,18 @@ class TrainerConfig:
         _choice(self, "compile_mode", ("default", "reduce-overhead", "max-autotune"))
         _choice(self, "optimizer", ("adamw", "sgd"))
         _choice(self, "grad_clip_mode", ("fixed", "adaptive"))
-        if self.fixed_t is not None and not 0.0 < self.fixed_t <= 1.0:
-            raise ConfigError(f"fixed_t must be in (0, 1] or null, got {self.fixed_t}")
         _at_least(self, "grad_accum", 1)
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
-        _choice(self, "distance", ("mse", "pseudo_huber"))
-        _choice(self, "noise_weighting", ("edm", "none"))
-        _choice(self, "dddm_weight", ("inverse_epoch", "data_only"))
         _positive(self, "log_seconds")
         for key in ("max_steps", "batch_size", "ckpt_every", "log_every"):
             _at_least(self, key, 1)
-        for key in ("lr", "ckpt_minutes", "t_min"):
+        for key in ("lr", "ckpt_minutes"):
             _positive(self, key)
-        for key in ("weight_decay", "grad_clip", "warmup_steps", "discrete_steps", "huber_c"):
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):
             _at_least(self, key, 0)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.null_estimate_prob <= 1.0:
-            raise ConfigError(f"null_estimate_prob must be in [0, 1], got {self.null_estimate_prob}")
 
 
 @dataclass

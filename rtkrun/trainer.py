@@ -208,22 +208,11 @@ class Trainer:
                 space_of = lambda index: dataset.space_of(dataset.get_batch(index.cpu()).to(device))  # noqa: E731
             pairs = OneStepPairs(len(dataset), tuple(dataset.sample_shape), gen, device, refresh, space_of)
         self.objective = Objective(
-            tc.objective,
+            tc,
             schedule,
-            distance_kind=tc.distance,
-            huber_c=tc.huber_c,
-            t_min=tc.t_min,
-            discrete_steps=tc.discrete_steps,
-            null_estimate_prob=tc.null_estimate_prob,
-            dddm_weight=tc.dddm_weight,
             buffer=buffer,
-            noise_weighting=tc.noise_weighting,
             data_std=dataset.data_std,
-            fixed_t=tc.fixed_t,
             posterior_mean=self._posterior_mean(dataset) if tc.rao_blackwell else None,
-            buffer_update=tc.buffer_update,
-            one_step_prob=tc.one_step_prob,
-            one_step_t=tc.one_step_t,
             one_step_teacher=teacher,
             one_step_pairs=pairs,
         )

@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 
 from rtkrun.data import cifar10
-from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective
+from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, ObjectiveConfig
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
 from rtkrun.errors import RtkrunError
 from rtkrun.metrics import images
@@ -125,7 +125,7 @@ def test_dddm_head_is_x_t_minus_network_output():
 def _objective(n: int, seed: int = 0) -> Objective:
     buffer = EstimateBuffer(n, (3, 32, 32), torch.Generator().manual_seed(seed), "cpu")
     sched = build_schedule(SCHEDULES["linear"][0]())
-    return Objective("dddm", sched, distance_kind="pseudo_huber", noise_weighting="none", buffer=buffer)
+    return Objective(ObjectiveConfig("dddm", distance="pseudo_huber", noise_weighting="none"), sched, buffer=buffer)
 
 
 class _Split(torch.nn.Module):
@@ -167,7 +167,7 @@ def test_dddm_objective_batched_call_equals_split_calls_and_buffer_gets_detached
     alpha, sigma = objective.schedule.alpha_sigma(t)
     eps = torch.randn(x0.shape, generator=gen)
     x_t = alpha.float().view(-1, 1, 1, 1) * x0 + sigma.float().view(-1, 1, 1, 1) * eps
-    use = torch.rand(6, generator=gen) >= objective.null_estimate_prob
+    use = torch.rand(6, generator=gen) >= objective.cfg.null_estimate_prob
     with torch.no_grad():
         pred = net(x_t, t.float(), before[index], estimate_mask=use)
     assert torch.allclose(after[index][use], pred[use], atol=1e-5)
@@ -194,7 +194,7 @@ def test_dddm_buffer_keeps_estimates_in_the_canonical_orientation_of_flipped_ima
     with the mirror of its own estimate on the next visit with probability 1/2 (issue 16): the
     model must see z in the batch's orientation, and the buffer must keep the canonical one."""
     objective = _objective(4)
-    objective.null_estimate_prob = 0.0  # every row reads and writes its estimate
+    objective.cfg.null_estimate_prob = 0.0  # every row reads and writes its estimate
     stored = objective.buffer.z.clone()
     mirror = torch.tensor([True, False, True, False])
     model = _Constant()

@@ -12,7 +12,7 @@ from rtkrun import runs
 from rtkrun.config import validate
 from rtkrun.diagnostics.fixed_point import fixed_point_profile
 from rtkrun.diffusion.mixture import GaussianMixture
-from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, OneStepPairs
+from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, ObjectiveConfig, OneStepPairs
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig
@@ -62,7 +62,11 @@ def test_buffer_update_writes_the_estimate_or_the_clean_example(update):
     x0, index = torch.randn(6, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 0, 7, 2, 9, 5])
     buffer = EstimateBuffer(10, (2,), torch.Generator().manual_seed(2), "cpu")
     before = buffer.z.clone()
-    objective = Objective("dddm", _schedule(), null_estimate_prob=0.0, buffer=buffer, buffer_update=update)
+    objective = Objective(
+        ObjectiveConfig("dddm", null_estimate_prob=0.0, buffer_update=update, noise_weighting="edm"),
+        _schedule(),
+        buffer=buffer,
+    )
     gen = torch.Generator().manual_seed(3)
     objective(_Affine(), LossInputs(x0, index, epoch=1), gen)
     if update == "clean":  # the official code's write: the example itself
@@ -91,7 +95,9 @@ def _mixture_pairs(refresh: bool, calls: list[int]) -> tuple[OneStepPairs, objec
 def test_flow_map_objective_is_zero_at_the_flow_map_and_solves_it_once():
     calls: list[int] = []
     pairs, teacher = _mixture_pairs(False, calls)
-    objective = Objective("flow_map", _schedule(), one_step_teacher=teacher, one_step_pairs=pairs)
+    objective = Objective(
+        ObjectiveConfig("flow_map", noise_weighting="edm"), _schedule(), one_step_teacher=teacher, one_step_pairs=pairs
+    )
     exact = teacher(pairs.x_T, None)
     calls.clear()
 
@@ -111,7 +117,12 @@ def test_flow_map_objective_is_zero_at_the_flow_map_and_solves_it_once():
 def test_self_distillation_solves_each_drawn_row_once_per_epoch_and_masked_rows_match_full_rows():
     calls: list[int] = []
     pairs, teacher = _mixture_pairs(True, calls)
-    objective = Objective("dddm", _schedule(), one_step_prob=0.5, one_step_teacher=teacher, one_step_pairs=pairs)
+    objective = Objective(
+        ObjectiveConfig("dddm", one_step_prob=0.5, noise_weighting="edm"),
+        _schedule(),
+        one_step_teacher=teacher,
+        one_step_pairs=pairs,
+    )
     x0, index = torch.randn(8, 2), torch.arange(8)
     batch = LossInputs(x0, index, epoch=0)
     full = objective._one_step(_Affine(), x0, batch, torch.Generator().manual_seed(5))

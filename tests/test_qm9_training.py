@@ -9,7 +9,7 @@ import torch
 
 from rtkrun.config import validate
 from rtkrun.data.qm9 import MoleculeSpace, mask_of
-from rtkrun.diffusion.objectives import LossInputs, Objective, OneStepPairs, distance
+from rtkrun.diffusion.objectives import LossInputs, Objective, ObjectiveConfig, OneStepPairs, distance
 from rtkrun.diffusion.schedules import PolynomialSchedule
 from rtkrun.trainer import AdaptiveClip
 from tests.conftest import compose_cfg
@@ -62,7 +62,9 @@ def test_objective_feeds_the_model_zero_com_noise_and_its_mask():
     x0 = space.project(torch.randn(3, 29, 9, generator=torch.Generator().manual_seed(0)))
     gen = torch.Generator().manual_seed(1)
     for kind in ("eps", "x0"):
-        loss = Objective(kind, PolynomialSchedule())(model, LossInputs(x0, torch.arange(3), 0, None, space), gen)
+        loss = Objective(ObjectiveConfig(kind, noise_weighting="edm"), PolynomialSchedule())(
+            model, LossInputs(x0, torch.arange(3), 0, None, space), gen
+        )
         assert torch.isfinite(loss)
         assert torch.equal(seen["node_mask"], mask)
         x_t = seen["x_t"]
@@ -97,9 +99,8 @@ def test_one_step_rows_on_molecules_stay_in_each_example_s_subspace():
         assert (x_t[..., :3].sum(1)).abs().max() < 1e-5 and (z[..., :3].sum(1)).abs().max() < 1e-5
         return MoleculeSpace(node_mask).project(0.5 * x_t)
 
-    objective = Objective(
-        "dddm", PolynomialSchedule(), one_step_prob=1.0, one_step_teacher=teacher, one_step_pairs=pairs
-    )
+    cfg = ObjectiveConfig("dddm", one_step_prob=1.0, noise_weighting="edm")
+    objective = Objective(cfg, PolynomialSchedule(), one_step_teacher=teacher, one_step_pairs=pairs)
     index = torch.tensor([4, 1, 2, 0])
     batch = LossInputs(x0_all[index], index, 0, None, space_of(index))
     full = objective._one_step(model, batch.x0, batch, torch.Generator().manual_seed(2))

@@ -10,7 +10,7 @@ import torch
 
 from rtkrun.commands import run_command
 from rtkrun.data.mog import MogConfig, MogDataset
-from rtkrun.diffusion.objectives import LossInputs, Objective
+from rtkrun.diffusion.objectives import LossInputs, Objective, ObjectiveConfig
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
 from rtkrun.models.student import MogStudent, MogStudentConfig
 from rtkrun.report.t6 import t6_row
@@ -43,7 +43,7 @@ def test_ddpm_loss_gradient_matches_the_closed_form_population_gradient():
     schedule = build_schedule(SCHEDULES["cosine"][0]())
     alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
     model = MogStudent(MogStudentConfig(init_scale=1.0, init_seed=3), dataset.mixture, schedule).double()
-    objective = Objective("eps", schedule, fixed_t=t)
+    objective = Objective(ObjectiveConfig("eps", fixed_t=t, noise_weighting="edm"), schedule)
     gen = torch.Generator().manual_seed(0)
     grads = []
     for _ in range(40):  # 40 independent batches of the DDPM loss: mean and standard error

@@ -29,6 +29,7 @@ import torch
 from rtkrun.diffusion.param import eps_from_x0, expand_like
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.distributed import all_gather_rows
+from rtkrun.errors import ConfigError
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str, huber_c: float, space=None) -> torch.Tensor:
@@ -135,48 +136,76 @@ class OneStepPairs:
         self.solved = state["solved"].to(self.x_T.device)
 
 
+@dataclass
+class ObjectiveConfig:
+    """The loss settings; the trainer's config extends it (``trainer.objective``, ``trainer.distance``, …)."""
+
+    objective: str = "dddm"  # eps | x0 | dddm | flow_map (MoG: regress the exact one-step flow map, T8's reference)
+    distance: str = "mse"  # mse | pseudo_huber (x0 and dddm objectives)
+    noise_weighting: str = "none"  # none (DDDM paper) | edm (α²/σ² + 1/s_d², Karras et al. 2022)
+    huber_c: float = 1e-4
+    null_estimate_prob: float = 0.5  # dddm: fraction of each batch trained with z = None
+    dddm_weight: str = "inverse_epoch"  # inverse_epoch (w = 1/(epoch+1), the paper) | data_only
+    buffer_update: str = "estimate"  # dddm: write x0_hat (estimate, the paper) | x0 (clean, the official code)
+    one_step_prob: float = 0.0  # dddm: fraction of rows trained as DDDM-1 input onto the EMA's own DDIM sample
+    one_step_t: float = 1.0  # the DDDM-1 sampler's top time t_max, where one-step rows are trained
+    t_min: float = 1e-3  # training times t ~ U(t_min, 1)
+    discrete_steps: int = 0  # > 0: t on the grid {1/N, …, 1} (discrete-time training)
+    fixed_t: float | None = None  # train at this one noise level instead of t ~ U(t_min, 1)
+
+    def __post_init__(self) -> None:
+        for key, options in (
+            ("objective", ("eps", "x0", "dddm", "flow_map")),
+            ("distance", ("mse", "pseudo_huber")),
+            ("noise_weighting", ("edm", "none")),
+            ("dddm_weight", ("inverse_epoch", "data_only")),
+            ("buffer_update", ("estimate", "clean")),
+        ):
+            if getattr(self, key) not in options:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is unknown; choose one of {', '.join(options)}")
+        if not 0.0 <= self.one_step_prob <= 1.0:
+            raise ConfigError(f"one_step_prob must be in [0, 1], got {self.one_step_prob}")
+        if self.one_step_prob > 0 and self.objective != "dddm":
+            raise ConfigError(f"one_step_prob applies to objective=dddm, not {self.objective}; set it to 0")
+        if not 0.0 < self.one_step_t <= 1.0:
+            raise ConfigError(f"one_step_t must be in (0, 1], got {self.one_step_t}")
+        if self.fixed_t is not None and not 0.0 < self.fixed_t <= 1.0:
+            raise ConfigError(f"fixed_t must be in (0, 1] or null, got {self.fixed_t}")
+        if not 0.0 <= self.null_estimate_prob <= 1.0:
+            raise ConfigError(f"null_estimate_prob must be in [0, 1], got {self.null_estimate_prob}")
+        if not self.t_min > 0:
+            raise ConfigError(f"t_min must be > 0, got {self.t_min}")
+        for key in ("discrete_steps", "huber_c"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+
+
 class Objective:
+    """The training loss of ``cfg`` (module docstring). ``buffer``: DDDM's estimates; ``data_std``:
+    σ_data of the ``edm`` weighting; ``posterior_mean(x_t, α, σ)``: E[x0 | x_t] for
+    Rao–Blackwellised targets (MoG); ``one_step_teacher`` and ``one_step_pairs``: the one-step rows."""
+
     def __init__(
         self,
-        kind: str,
+        cfg: ObjectiveConfig,
         schedule: VPSchedule,
-        distance_kind: str = "mse",
-        huber_c: float = 1e-4,
-        t_min: float = 1e-3,
-        discrete_steps: int = 0,
-        null_estimate_prob: float = 0.5,
-        dddm_weight: str = "inverse_epoch",
+        *,
         buffer: EstimateBuffer | None = None,
-        noise_weighting: str = "edm",
         data_std: float = 1.0,
-        fixed_t: float | None = None,
         posterior_mean=None,
-        buffer_update: str = "estimate",
-        one_step_prob: float = 0.0,
-        one_step_t: float = 1.0,
         one_step_teacher=None,
         one_step_pairs: OneStepPairs | None = None,
     ) -> None:
-        self.kind = kind
+        self.cfg = cfg
         self.schedule = schedule
-        self.distance_kind = distance_kind
-        self.huber_c = huber_c
-        self.t_min = t_min
-        self.discrete_steps = discrete_steps
-        self.null_estimate_prob = null_estimate_prob
-        self.dddm_weight = dddm_weight
         self.buffer = buffer
-        self.noise_weighting = noise_weighting
         self.data_std = data_std
-        self.fixed_t = fixed_t
         # Rao–Blackwellisation: E‖ε_hat − ε‖² = E‖ε_hat − E[ε | x_t]‖² + const, so regressing on
         # the conditional mean (closed form for the MoG) keeps the expected gradient and drops the
         # variance that the ε draw adds: posterior_mean(x_t, α, σ) = E[x0 | x_t].
         self.posterior_mean = posterior_mean
-        self.buffer_update = buffer_update
-        # teacher(x_T) -> x0: a deterministic sample from x_T at one_step_t (no gradient)
-        self.one_step_prob = 1.0 if kind == "flow_map" else one_step_prob
-        self.one_step_t = one_step_t
+        self.one_step_prob = 1.0 if cfg.objective == "flow_map" else cfg.one_step_prob
+        # teacher(x_T, space) -> x0: a deterministic sample from x_T at one_step_t (no gradient)
         self.one_step_teacher = one_step_teacher
         self.one_step_pairs = one_step_pairs
 
@@ -184,23 +213,23 @@ class Objective:
         """Per-sample weight of the x0 distance. ``edm``: Karras et al. 2022 eq. 8 (λ(σ) = 1/c_out²)
         in VP terms, α²/σ² + 1/s_d², the weight that gives every noise level unit-variance
         targets; ``none``: plain x0 regression (the DDDM paper)."""
-        if self.noise_weighting == "edm":
+        if self.cfg.noise_weighting == "edm":
             return alpha**2 / sigma**2 + 1.0 / self.data_std**2
         return torch.ones_like(alpha)
 
     def sample_t(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
         """t ~ U(t_min, 1), or uniform on an N-point grid {1/N, …, 1} when ``discrete_steps``, or the
         one level ``fixed_t`` (which still consumes the draw, so the noise stream is unchanged)."""
-        if self.discrete_steps:
-            k = torch.randint(1, self.discrete_steps + 1, (n,), generator=generator, device=device)
-            return k.double() / self.discrete_steps
+        if self.cfg.discrete_steps:
+            k = torch.randint(1, self.cfg.discrete_steps + 1, (n,), generator=generator, device=device)
+            return k.double() / self.cfg.discrete_steps
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-        if self.fixed_t is not None:
-            return torch.full_like(u, self.fixed_t)
-        return self.t_min + (1 - self.t_min) * u
+        if self.cfg.fixed_t is not None:
+            return torch.full_like(u, self.cfg.fixed_t)
+        return self.cfg.t_min + (1 - self.cfg.t_min) * u
 
     def data_weight(self, epoch: int) -> float:
-        return 1.0 / (epoch + 1) if self.dddm_weight == "inverse_epoch" else 1.0
+        return 1.0 / (epoch + 1) if self.cfg.dddm_weight == "inverse_epoch" else 1.0
 
     def __call__(self, model, batch: LossInputs, generator: torch.Generator) -> torch.Tensor:
         x0 = batch.x0
@@ -215,9 +244,9 @@ class Objective:
         x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
 
         weight = self.weight(alpha, sigma)
-        if self.kind == "flow_map":
+        if self.cfg.objective == "flow_map":
             return self._one_step(model, x0, batch, generator).mean()
-        if self.kind == "dddm":
+        if self.cfg.objective == "dddm":
             loss = self._dddm(model, x0, x_t, t, batch, generator, weight)
             if self.one_step_prob > 0:
                 # drawn after the DDDM rows' draws, so one_step_prob = 0 leaves every stream as it was
@@ -229,9 +258,9 @@ class Objective:
             with torch.no_grad():
                 x0 = self.posterior_mean(x_t, alpha, sigma).to(x0.dtype)
             eps = eps_from_x0(x_t, x0, alpha, sigma)
-        if self.kind == "eps":
+        if self.cfg.objective == "eps":
             return distance(eps_from_x0(x_t, x0_hat, alpha, sigma), eps, "mse", 0.0, space).mean()
-        return (weight * distance(x0_hat, x0, self.distance_kind, self.huber_c, space)).mean()
+        return (weight * distance(x0_hat, x0, self.cfg.distance, self.cfg.huber_c, space)).mean()
 
     def _one_step(self, model, x0: torch.Tensor, batch: LossInputs, generator, rows=None) -> torch.Tensor:
         """Per-row loss of the DDDM-1 sampler's input (x_T,i and a fresh z⁽⁰⁾ at ``one_step_t``)
@@ -249,11 +278,11 @@ class Objective:
         cond = {}
         if space is not None:  # the sampler's z⁽⁰⁾ is the subspace's standard normal too
             z0, cond = space.project(z0), space.cond
-        t = torch.full((len(x_T),), self.one_step_t, dtype=torch.float64, device=device)
+        t = torch.full((len(x_T),), self.cfg.one_step_t, dtype=torch.float64, device=device)
         alpha, sigma = self.schedule.alpha_sigma(t)
         x0_hat = model(x_T, t.to(x0.dtype), z0, **cond).to(x0.dtype)
         weight = self.weight(alpha.to(x0.dtype), sigma.to(x0.dtype))
-        loss = weight * distance(x0_hat, target, self.distance_kind, self.huber_c, space)
+        loss = weight * distance(x0_hat, target, self.cfg.distance, self.cfg.huber_c, space)
         if rows is None:
             return loss
         return torch.zeros(len(rows), dtype=loss.dtype, device=device).masked_scatter(rows, loss)
@@ -267,7 +296,7 @@ class Objective:
         if space is not None:  # the buffer starts as N(0, I) in every coordinate
             z = space.project(z)
         n, mine = batch.rows()
-        use_estimate = torch.rand(n, generator=generator, device=x0.device)[mine] >= self.null_estimate_prob
+        use_estimate = torch.rand(n, generator=generator, device=x0.device)[mine] >= self.cfg.null_estimate_prob
         # Null rows take the model's own z=None path rather than a faked zero estimate: in one
         # call when the model takes a per-sample estimate mask, else by splitting the batch.
         if getattr(getattr(model, "module", model), "accepts_estimate_mask", False):  # unwrap DDP
@@ -281,11 +310,11 @@ class Objective:
             if (~use_estimate).any():
                 x0_hat[~use_estimate] = model(x_t[~use_estimate], t[~use_estimate], None)
         w = self.data_weight(batch.epoch)
-        data_term = distance(x0_hat, x0, self.distance_kind, self.huber_c, space)
-        estimate_term = distance(x0_hat, z, self.distance_kind, self.huber_c, space)
+        data_term = distance(x0_hat, x0, self.cfg.distance, self.cfg.huber_c, space)
+        estimate_term = distance(x0_hat, z, self.cfg.distance, self.cfg.huber_c, space)
         loss = torch.where(use_estimate, w * data_term + (1 - w) * estimate_term, data_term)
         # Null rows write their old estimate back: no boolean indexing, so no host sync.
-        new = x0_hat.detach() if self.buffer_update == "estimate" else x0
+        new = x0_hat.detach() if self.cfg.buffer_update == "estimate" else x0
         kept = torch.where(use_estimate.view(-1, *[1] * (x0.ndim - 1)), new, z)
         self.buffer.write(batch.index, mirror_rows(kept, batch.mirror))
         return weight * loss
