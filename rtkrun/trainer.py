@@ -24,11 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rtkrun import distributed, runs
-from rtkrun.diffusion.objectives import EstimateBuffer, LossInputs, Objective, OneStepPairs
+from rtkrun.diffusion.objectives import LossInputs
 from rtkrun.errors import RtkrunError, Stopped
 from rtkrun.loggers import duration
-from rtkrun.models.oracle import MogFlowOracle, MogFlowOracleConfig
-from rtkrun.samplers.ddim import ddim
+from rtkrun.loss_setup import build_objective
 from rtkrun.seeding import Stream, stream_seed
 
 log = logging.getLogger("rtkrun.train")
@@ -195,31 +194,7 @@ class Trainer:
                 model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
             )
         self.generator = torch.Generator(device=device).manual_seed(stream_seed(run.seed, Stream.TRAINING_NOISE))
-        buffer = None
-        if tc.objective == "dddm":
-            gen = torch.Generator().manual_seed(stream_seed(run.seed, Stream.DDDM_BUFFER))
-            buffer = EstimateBuffer(len(dataset), tuple(dataset.sample_shape), gen, device)
-        teacher, pairs = self._one_step_teacher(dataset, schedule), None
-        if teacher is not None:
-            gen = torch.Generator().manual_seed(stream_seed(run.seed, Stream.ONE_STEP_PAIRS))
-            refresh = tc.objective != "flow_map"  # the EMA teacher improves; the exact one does not
-            space_of = None
-            if dataset.on_subspace:
-                space_of = lambda index: dataset.space_of(dataset.get_batch(index.cpu()).to(device))  # noqa: E731
-            pairs = OneStepPairs(len(dataset), tuple(dataset.sample_shape), gen, device, refresh, space_of)
-        self.objective = Objective(
-            tc,
-            schedule,
-            buffer=buffer,
-            data_std=dataset.data_std,
-            posterior_mean=self._posterior_mean(dataset) if tc.rao_blackwell else None,
-            one_step_teacher=teacher,
-            one_step_pairs=pairs,
-        )
-        if tc.fresh_data and dataset.mixture is None:
-            raise RtkrunError(
-                f"trainer.fresh_data=true needs a dataset that can draw new examples (mog), not {dataset.cfg.name}"
-            )
+        self.objective = build_objective(tc, dataset, schedule, self.ema, run.seed, device)
         self.step = 0
         self.last_loss = float("nan")  # the mean loss of the last logged interval
         self.batch_size = tc.batch_size if tc.fresh_data else min(tc.batch_size, len(dataset))
@@ -245,37 +220,6 @@ class Trainer:
         if tc.compile:
             self.train_model = torch.compile(self.train_model, mode=tc.compile_mode)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-
-    def _posterior_mean(self, dataset):
-        if dataset.mixture is None or self.cfg.objective == "dddm":
-            raise RtkrunError(
-                "trainer.rao_blackwell=true needs a dataset with a closed-form posterior (mog) and objective eps or x0"
-            )
-        mixture = dataset.mixture
-        return lambda x_t, alpha, sigma: mixture.denoise(x_t.double(), alpha.double(), sigma.double())
-
-    def _one_step_teacher(self, dataset, schedule):
-        """x_T -> x0 for the one-step rows: the exact flow map (``objective=flow_map``, MoG) or the
-        EMA network's own deterministic DDIM solve (``one_step_prob > 0``); None otherwise."""
-        tc = self.cfg
-        t_max = torch.tensor(tc.one_step_t, dtype=torch.float64)
-        if tc.objective == "flow_map":
-            if dataset.mixture is None:
-                raise RtkrunError(
-                    f"trainer.objective=flow_map regresses the exact flow map of a mixture (dataset=mog), "
-                    f"not {dataset.cfg.name}"
-                )
-            oracle = MogFlowOracle(MogFlowOracleConfig(), dataset.mixture, schedule)
-            return lambda x_T, space: oracle(x_T, t_max.expand(len(x_T)))
-        if tc.one_step_prob > 0:
-            steps = tc.one_step_teacher_steps
-
-            def solve(x_T: torch.Tensor, space) -> torch.Tensor:
-                net = self.ema if space is None else space.bind(self.ema)
-                return ddim(net, x_T, schedule, generator=None, steps=steps, t_max=tc.one_step_t).x0
-
-            return solve
-        return None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
