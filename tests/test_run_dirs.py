@@ -177,29 +177,29 @@ def test_a_new_evaluation_on_a_finished_run_is_run_and_merged(trained, tmp_path)
 def test_an_interrupted_evaluation_keeps_the_training_results_and_finished_samplers(trained, tmp_path, monkeypatch):
     """A kill during the evaluation phase (here: an exception in the second sampler) keeps what
     was written; the re-run measures only what is missing."""
-    from rtkrun.commands import train as train_command
+    from rtkrun.data.mog import MogDataset
 
     b = copy_run(trained, tmp_path / "B")
     (b / "metrics.json").unlink()
     two = [*T, "+evaluation.samplers.ddim3={name:ddim,steps:3}"]
-    real_score, calls = train_command.score, []
+    real_score, calls = MogDataset.score, []
 
     class Killed(BaseException):
         pass
 
-    def dying_score(*args, **kwargs):
+    def dying_score(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise Killed
-        return real_score(*args, **kwargs)
+        return real_score(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_command, "score", dying_score)
+    monkeypatch.setattr(MogDataset, "score", dying_score)
     with pytest.raises(Killed):
         rtkrun_in_process("train", *two, f"hydra.run.dir={b}", cwd=tmp_path)
     partial = metrics(b)
     assert partial["status"] == "incomplete" and partial["train/final_loss"] is not None
     assert "eval/ddim5/sliced_w2" in partial and "eval/ddim3/sliced_w2" not in partial
-    monkeypatch.setattr(train_command, "score", real_score)
+    monkeypatch.setattr(MogDataset, "score", real_score)
     proc = rtkrun_in_process("train", *two, f"hydra.run.dir={b}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     done = metrics(b)
