@@ -32,9 +32,16 @@ def run_cli(
     return subprocess.run([RTKRUN, *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
+# Under pytest-xdist (the default: two workers on the 2-core machine) each worker keeps to one
+# core, so the two never fight over threads; a plain `pytest -p no:xdist` run uses both.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:  # and the rtkrun and torchrun processes the tests start
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 
