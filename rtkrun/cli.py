@@ -21,17 +21,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from rtkrun.commands import COMMANDS
 from rtkrun.errors import RtkrunError
 from rtkrun.paths import CONF_DIR
 
-COMMANDS = {
-    "train": "train a denoiser, then sample and score it (default: the 2-D mixture of Gaussians)",
-    "sample": "sample a checkpoint (ckpt=...) or an exact model with any sampler, and score it",
-    "evaluate": "score saved samples (samples=...)",
-    "diagnose": "regularity of the DDDM map along sampler trajectories and at data-derived x_t",
-    "report": "collect run directories (runs=...) into the paper's tables and figures",
-    "bench": "time training, samplers, diagnostics and layouts against references (preset=tiny|reference)",
-}
 log = logging.getLogger("rtkrun")
 PATH_KEYS = ("ckpt", "samples")  # inputs named in sweep job directories by a tag, not their path
 
@@ -82,7 +75,7 @@ HYDRA_FLAGS_WITH_VALUE = {
 
 USAGE = (
     "usage: rtkrun <command> [overrides] [-m] [--cfg job] [--help]\n\ncommands:\n"
-    + "".join(f"  {name:<10}{text}\n" for name, text in COMMANDS.items())
+    + "".join(f"  {name:<10}{command.help}\n" for name, command in COMMANDS.items())
     + (
         "\nexamples:\n"
         "  rtkrun train                                   # the default experiment\n"
@@ -112,7 +105,7 @@ class Preflight(Callback):
 
     @staticmethod
     def _check(config: DictConfig) -> None:
-        from rtkrun.commands import preflight
+        from rtkrun.commands.run import preflight
 
         try:
             preflight(config, launcher_rank())
@@ -122,7 +115,7 @@ class Preflight(Callback):
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> Any:
-    from rtkrun.commands import run_command
+    from rtkrun.commands.run import run_command
 
     try:
         return run_command(cfg, Path(HydraConfig.get().runtime.output_dir), launcher_rank())

@@ -279,7 +279,7 @@ class BenchRun:
             _at_least(self, "threads", 1)
 
 
-COMMANDS = {
+RUN_SCHEMAS = {  # per command (rtkrun/commands/__init__.py lists the commands)
     "train": TrainRun,
     "sample": SampleRun,
     "evaluate": EvaluateRun,
@@ -376,9 +376,9 @@ def validate(cfg: DictConfig | dict) -> Any:
         container = dict(cfg)
     container.pop("hydra", None)
     command = container.get("command")
-    if command not in COMMANDS:
-        raise ConfigError(f"command={command!r} is unknown; choose one of {', '.join(COMMANDS)}")
-    top = COMMANDS[command]
+    if command not in RUN_SCHEMAS:
+        raise ConfigError(f"command={command!r} is unknown; choose one of {', '.join(RUN_SCHEMAS)}")
+    top = RUN_SCHEMAS[command]
     names = {f.name for f in fields(top)}
     groups = {k: container[k] for k in GROUPS if k in container and k in names}
     rest = {k: v for k, v in container.items() if k not in groups}

@@ -48,11 +48,18 @@ def _torch_threads():
 @pytest.fixture(scope="session")
 def real_qm9_table(tmp_path_factory):
     """All 130,831 characterised QM9 molecules from qm9pack, parsed once per test session into
-    a private cache (about 13 s)."""
+    a private cache (about 13 s). Under pytest-xdist the workers share that cache: the first
+    parses it under a lock, the others then read the checked .npz."""
+    import fcntl
+
     from rtkrun.data import qm9
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RTKRUN_CACHE", str(tmp_path_factory.mktemp("qm9_cache")))
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "qm9_cache"
+    cache.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp, open(cache / ".lock", "w") as lock:
+        mp.setenv("RTKRUN_CACHE", str(cache))
+        fcntl.flock(lock, fcntl.LOCK_EX)
         return qm9.load_table(qm9.QM9Config())
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rtkrun import runs
+from tests.conftest import rtkrun_in_process
 
 TRAIN = [
     "trainer.max_steps=900",
@@ -88,8 +89,8 @@ def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> list[float]:
 
 
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
-    moments = kill_and_resume(tmp_path, kills=4, seed=0)
-    assert len(moments) >= 3  # at least three kills landed before the job finished
+    moments = kill_and_resume(tmp_path, kills=3, seed=0)
+    assert len(moments) >= 2  # at least two kills landed before the job finished (50 under -m slow)
 
 
 @pytest.mark.slow
@@ -101,7 +102,7 @@ def test_sigkill_fifty_times(tmp_path):
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     import errno
 
-    from rtkrun.commands import run_command
+    from rtkrun.commands.run import run_command
     from rtkrun.errors import RtkrunError
     from tests.conftest import compose_cfg
 
@@ -164,11 +165,12 @@ def test_sigterm_saves_a_checkpoint_at_the_step_and_the_rerun_resumes_bit_identi
     step = runs.load_checkpoint(run_dir)["step"]
     assert step >= 50 and step % 100000 != 0  # saved at the stop, not on the schedule
     # Resume to a fixed length and compare with a run that was never stopped.
+    # (in this process: the resume needs no signal, and a process start costs seconds)
     total = f"trainer.max_steps={step + 37}"
-    resume = [sys.executable, "-m", "rtkrun", "train", *args, total, f"hydra.run.dir={run_dir}"]
-    subprocess.run(resume, cwd=tmp_path, env=env, check=True, capture_output=True)
     straight = tmp_path / "straight"
-    subprocess.run([*resume[:-1], f"hydra.run.dir={straight}"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    for target in (run_dir, straight):
+        done = rtkrun_in_process("train", *args, total, f"hydra.run.dir={target}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
     a, b = runs.load_checkpoint(run_dir), runs.load_checkpoint(straight)
     assert a["step"] == b["step"] == step + 37
     for key in a["model"]:

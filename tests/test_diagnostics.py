@@ -107,7 +107,7 @@ def test_the_papers_margin_can_claim_convexity_that_is_false():
 
 
 def test_diagnose_command_writes_points_summaries_and_histograms(tmp_path):
-    from rtkrun.commands import run_command
+    from rtkrun.commands.run import run_command
     from tests.conftest import compose_cfg
 
     train_dir, diag_dir = tmp_path / "train", tmp_path / "diag"
@@ -182,7 +182,7 @@ def test_matrix_free_chain_agrees_with_the_exact_chain_and_brackets_b_sq():
 
 
 def test_diagnose_lanczos_estimator_matches_exact_on_the_mog(tmp_path):
-    from rtkrun.commands import run_command
+    from rtkrun.commands.run import run_command
     from tests.conftest import compose_cfg
 
     train_dir = tmp_path / "train"

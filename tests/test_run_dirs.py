@@ -212,7 +212,7 @@ def test_a_stray_rank_variable_does_not_skip_the_lock(tmp_path):
     import fcntl
 
     from rtkrun import cli
-    from rtkrun.commands import preflight
+    from rtkrun.commands.run import preflight
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg("sample", ["model=mog_oracle", f"hydra.run.dir={tmp_path / 'R'}"], return_hydra_config=True)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from rtkrun import runs
-from rtkrun.commands import run_command
+from rtkrun.commands.run import run_command
 from tests.conftest import rtkrun_in_process
 
 N = ["n_samples=60", "batch_size=60"]

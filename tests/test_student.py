@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from rtkrun.commands import run_command
+from rtkrun.commands.run import run_command
 from rtkrun.data.mog import MogConfig, MogDataset
 from rtkrun.diffusion.objectives import LossInputs, Objective, ObjectiveConfig
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule

@@ -1,48 +1,44 @@
-"""Commands: thin functions that wire the layers together for one run directory. What a run
-directory may hold, and when a job is skipped, is ``rtkrun/rundir.py``."""
+"""The commands: one registry of (name, help, schema, function), and one thin module per command
+that wires the layers together for one run directory (``commands/<name>.py``, function
+``<name>(run, run_dir)``). Running a job (lock, skip-if-complete, record) is ``commands/run.py``.
+
+The registry itself imports nothing heavy, so ``rtkrun --help`` answers without importing torch.
+"""
 
 from __future__ import annotations
 
 import importlib
-import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
 
-from rtkrun import rundir
-from rtkrun.config import validate
-from rtkrun.errors import RtkrunError
-from rtkrun.runs import lock_run_dir, unlock_run_dir
+@dataclass(frozen=True)
+class Command:
+    name: str  # also the primary config conf/<name>.yaml and the module rtkrun/commands/<name>.py
+    help: str
 
-log = logging.getLogger("rtkrun")
+    @property
+    def function(self) -> Callable[[Any, Path], Any]:
+        return getattr(importlib.import_module(f"rtkrun.commands.{self.name}"), self.name)
 
-preflight = rundir.preflight
+    @property
+    def schema(self) -> type:
+        """The dataclass its composed config is validated against."""
+        from rtkrun.config import RUN_SCHEMAS
 
-
-def run_command(cfg: DictConfig, run_dir: Path, rank: int = 0) -> Any:
-    """Run one job in ``run_dir``: lock it, refuse what would replace what it holds, skip it when
-    finished with this config and input, record the experiment, then run the command."""
-    run = validate(cfg)
-    took_lock = lock_run_dir(run_dir, rank)  # sweep jobs (and in-process callers) lock their directory here
-    try:
-        return _run_locked(run, run_dir, rank)
-    finally:
-        if took_lock:
-            unlock_run_dir(run_dir)
+        return RUN_SCHEMAS[self.name]
 
 
-def _run_locked(run: Any, run_dir: Path, rank: int) -> Any:
-    try:
-        rundir.check_run_dir(run, run_dir)
-    except RtkrunError:
-        rundir.restore_hydra_files(run_dir)  # a sweep job's Hydra already wrote its .hydra/ here
-        raise
-    previous = rundir.finished(run, run_dir)
-    if previous is not None:
-        log.info("%s holds this finished %s job: skipped (delete its metrics.json to redo it)", run_dir, run.command)
-        return previous
-    if rank == 0:
-        rundir.write_record(run, run_dir)
-    module = importlib.import_module(f"rtkrun.commands.{run.command}")
-    return getattr(module, run.command)(run, run_dir)
+COMMANDS = {
+    c.name: c
+    for c in (
+        Command("train", "train a denoiser, then sample and score it (default: the 2-D mixture of Gaussians)"),
+        Command("sample", "sample a checkpoint (ckpt=...) or an exact model with any sampler, and score it"),
+        Command("evaluate", "score saved samples (samples=...)"),
+        Command("diagnose", "regularity of the DDDM map along sampler trajectories and at data-derived x_t"),
+        Command("report", "collect run directories (runs=...) into the paper's tables and figures"),
+        Command("bench", "time training, samplers, diagnostics and layouts against references (preset=tiny|reference)"),
+    )
+}
