@@ -33,7 +33,7 @@ def run_cli(
 
 
 # Under pytest-xdist (the default: two workers on the 2-core machine) each worker keeps to one
-# core, so the two never fight over threads; a plain `pytest -p no:xdist` run uses both.
+# core, so the two never fight over threads; a serial run (`pytest -n 0`) uses both.
 THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 if THREADS == 1:  # and the rtkrun and torchrun processes the tests start
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -45,6 +45,22 @@ def _torch_threads():
     yield
 
 
+def _session_dir(tmp_path_factory, name: str) -> Path:
+    """A directory shared by the whole session, xdist workers included."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """An RTKRUN_CACHE for the tests that only use the cache: the fixtures' FID reference
+    statistics and training SMILES are then computed once per session (writes are atomic, so
+    workers may race). Tests of the cache itself keep their own."""
+    return _session_dir(tmp_path_factory, "rtkrun_cache")
+
+
 @pytest.fixture(scope="session")
 def real_qm9_table(tmp_path_factory):
     """All 130,831 characterised QM9 molecules from qm9pack, parsed once per test session into
@@ -54,9 +70,7 @@ def real_qm9_table(tmp_path_factory):
 
     from rtkrun.data import qm9
 
-    base = tmp_path_factory.getbasetemp()
-    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "qm9_cache"
-    cache.mkdir(exist_ok=True)
+    cache = _session_dir(tmp_path_factory, "qm9_cache")
     with pytest.MonkeyPatch.context() as mp, open(cache / ".lock", "w") as lock:
         mp.setenv("RTKRUN_CACHE", str(cache))
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -265,6 +265,10 @@ def test_frechet_distance_matches_the_gaussian_w2_closed_form():
     expected = float(((np.sqrt(np.arange(1.0, 5.0)) - np.sqrt(np.arange(4.0, 0.0, -1.0))) ** 2).sum())
     assert images.frechet_distance(np.zeros(4), a, np.zeros(4), b) == pytest.approx(expected, rel=1e-10)
     assert images.frechet_distance(m1, s1, m1, s1) == pytest.approx(0.0, abs=1e-8)
+    # the reference's root, computed once per process and reused, gives the same distance
+    root = images.reference_root(s2)
+    assert images.reference_root(s2.copy()) is root and np.allclose(root @ root, s2, atol=1e-10)
+    assert images.frechet_distance(m1, s1, m2, s2, root2=root) == pytest.approx(exact, rel=1e-9)
 
 
 def _tf1_resize_reference(img: np.ndarray, size: int) -> np.ndarray:

@@ -17,10 +17,10 @@ EVAL = ["evaluation.n_samples=6", "evaluation.batch_size=6", "evaluation.fid_bat
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, shared_cache):
     cwd = tmp_path_factory.mktemp("cifar_cli")
     root = build_cifar10_fixture(cwd / "data", per_batch=8)
-    env = {"RTKRUN_CACHE": str(cwd / "cache")}
+    env = {"RTKRUN_CACHE": str(shared_cache)}
     run_dir = cwd / "train"
     proc = run_cli(
         "train",

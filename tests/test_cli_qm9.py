@@ -16,10 +16,10 @@ SAMPLERS = ("ddpm20", "ddim10", "dddm2", "rtk_mala")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, shared_cache):
     cwd = tmp_path_factory.mktemp("qm9_cli")
     tarball = build_qm9_fixture(cwd / "qm9", first_real_molecules(300))
-    env = {"RTKRUN_CACHE": str(cwd / "cache")}
+    env = {"RTKRUN_CACHE": str(shared_cache)}
     data = ["dataset=qm9", "dataset.source=figshare", f"dataset.root={tarball}"]
     run_dir = cwd / "train"
     proc = run_cli(

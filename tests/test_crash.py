@@ -19,8 +19,9 @@ import torch
 from rtkrun import runs
 from tests.conftest import rtkrun_in_process
 
+STEPS = 400
 TRAIN = [
-    "trainer.max_steps=900",
+    f"trainer.max_steps={STEPS}",
     "trainer.ckpt_every=40",
     "trainer.log_every=40",
     "trainer.deterministic=true",
@@ -28,6 +29,7 @@ TRAIN = [
     "evaluation.batch_size=400",
     "evaluation.w2_max_n=200",
     "evaluation.mmd_max_n=200",
+    *(f"~evaluation.samplers.{s}" for s in ("ddpm200", "dddm1", "dddm2", "dddm_sc10")),  # DDIM-50 is compared
 ]
 
 
@@ -61,7 +63,7 @@ def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> list[float]:
     for _ in range(kills):
         # Anywhere in what is left of the job (start-up included): each resume has less to do.
         ckpt = runs.checkpoint_path(run_dir)
-        left = 1.0 - runs.load_checkpoint(ckpt)["step"] / 900 if ckpt.exists() else 1.0
+        left = 1.0 - runs.load_checkpoint(ckpt)["step"] / STEPS if ckpt.exists() else 1.0
         moment = rng.uniform(0.5, max(1.0, full * max(left, 0.2)))
         proc = subprocess.Popen(
             _command(run_dir), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -76,9 +78,9 @@ def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> list[float]:
     done = subprocess.run(_command(run_dir), cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "complete" and metrics["train/steps"] == 900
+    assert metrics["status"] == "complete" and metrics["train/steps"] == STEPS
     a, b = runs.load_checkpoint(run_dir), runs.load_checkpoint(reference)
-    assert a["step"] == b["step"] == 900
+    assert a["step"] == b["step"] == STEPS
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after {len(moments)} kills"

@@ -133,14 +133,14 @@ def test_sampling_progress_logs_batches_and_steps_inside_a_batch(caplog):
 
 
 @pytest.mark.parametrize("dataset", ["mog", "qm9", "cifar10"])
-def test_debug_fast_checks_every_dataset_with_its_small_model_in_seconds(dataset, tmp_path):
+def test_debug_fast_checks_every_dataset_with_its_small_model_in_seconds(dataset, tmp_path, shared_cache):
     """`rtkrun train debug=fast dataset=…` trains the dataset's CPU-sized model for 20 steps and
     scores one cheap sampler, also after an experiment (it is chosen last). QM9 and CIFAR-10 run
     on the tests' fixtures in their real file formats."""
 
     from tests.conftest import rtkrun_in_process
 
-    args, env = [f"dataset={dataset}"], {"RTKRUN_CACHE": str(tmp_path / "cache")}
+    args, env = [f"dataset={dataset}"], {"RTKRUN_CACHE": str(shared_cache)}
     if dataset == "qm9":
         from tests.qm9_fixture import build_qm9_fixture, first_real_molecules
 

@@ -10,7 +10,6 @@ x0_hat. K = 1 at t = t_max is the paper's sampler. NFE = K·M. The fixed-point r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,31 +17,15 @@ import torch
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, ddim_move, report
+from rtkrun.samplers.base import (
+    Callback,
+    CountingDenoiser,
+    SampleResult,
+    ddim_move,
+    report,
+    settings_schema,
+)
 from rtkrun.seeding import SampleNoise
-
-
-@dataclass
-class DDDMConfig:
-    name: str = "dddm"
-    levels: int = 1  # K
-    iterations: int = 1  # M per level
-    init: str = "noise"  # noise | zeros | previous (the last level's estimate; noise at the first)
-    clip: float | None = None  # clip z to [−clip, clip] (images: 1.0)
-    grid: str = "uniform"
-    t_max: float = 1.0
-    t_min: float = 1e-3
-    rho: float = 7.0
-    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
-
-    def __post_init__(self) -> None:
-        check_budget(self.nfe)
-        if self.levels < 1 or self.iterations < 1:
-            raise ConfigError(f"levels and iterations must be >= 1, got {self.levels}, {self.iterations}")
-        if self.init not in ("noise", "zeros", "previous"):
-            raise ConfigError(f"init={self.init!r} is unknown; choose noise, zeros or previous")
-        if self.clip is not None and self.clip <= 0:
-            raise ConfigError(f"clip must be > 0 or null, got {self.clip}")
 
 
 def _per_sample_norm(v: torch.Tensor) -> torch.Tensor:
@@ -57,10 +40,10 @@ def dddm(
     *,
     generator: SampleNoise,
     callback: Callback | None = None,
-    levels: int = 1,
-    iterations: int = 1,
-    init: str = "noise",
-    clip: float | None = None,
+    levels: int = 1,  # K
+    iterations: int = 1,  # M per level
+    init: str = "noise",  # noise | zeros | previous (the last level's estimate; noise at the first)
+    clip: float | None = None,  # clip z to [−clip, clip] (images: 1.0)
     grid: str = "uniform",
     t_max: float = 1.0,
     t_min: float = 1e-3,
@@ -117,3 +100,15 @@ def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
     the rest as fixed-point iterations per level."""
     levels = min(settings["levels"], nfe)
     return {**settings, "levels": levels, "iterations": max(1, nfe // levels)}
+
+
+def _check(cfg: Any) -> None:
+    if cfg.levels < 1 or cfg.iterations < 1:
+        raise ConfigError(f"levels and iterations must be >= 1, got {cfg.levels}, {cfg.iterations}")
+    if cfg.init not in ("noise", "zeros", "previous"):
+        raise ConfigError(f"init={cfg.init!r} is unknown; choose noise, zeros or previous")
+    if cfg.clip is not None and cfg.clip <= 0:
+        raise ConfigError(f"clip must be > 0 or null, got {cfg.clip}")
+
+
+DDDMConfig = settings_schema(dddm, "dddm", _check)

@@ -9,7 +9,6 @@ this is Euler on the probability-flow ODE in log-SNR.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,27 +16,8 @@ import torch
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, report
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, report, settings_schema
 from rtkrun.seeding import SampleNoise
-
-
-@dataclass
-class DDIMConfig:
-    name: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    grid: str = "uniform"
-    t_max: float = 1.0
-    t_min: float = 1e-3
-    rho: float = 7.0  # edm grid only
-    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
-
-    def __post_init__(self) -> None:
-        check_budget(self.nfe)
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.eta < 0:
-            raise ConfigError(f"eta must be >= 0, got {self.eta}")
 
 
 def ddim_coefficients(alphas: list[float], sigmas: list[float], eta: float) -> list[tuple[float, float, float]]:
@@ -66,7 +46,7 @@ def ddim(
     grid: str = "uniform",
     t_max: float = 1.0,
     t_min: float = 1e-3,
-    rho: float = 7.0,
+    rho: float = 7.0,  # edm grid only
 ) -> SampleResult:
     net = CountingDenoiser(denoiser)
     ts = make_grid(grid, schedule, steps, t_max=t_max, t_min=t_min, rho=rho).to(x_T.device)
@@ -92,3 +72,13 @@ def ddim(
 def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
     """Settings that spend ``nfe`` evaluations: one per step."""
     return {**settings, "steps": nfe}
+
+
+def _check(cfg: Any) -> None:
+    if cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.eta < 0:
+        raise ConfigError(f"eta must be >= 0, got {cfg.eta}")
+
+
+DDIMConfig = settings_schema(ddim, "ddim", _check)

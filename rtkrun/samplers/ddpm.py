@@ -10,32 +10,16 @@ term. DDPM is therefore that one code path, not a second copy of the loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, SampleResult, check_budget
+from rtkrun.samplers.base import Callback, SampleResult, settings_schema
 from rtkrun.samplers.ddim import budget as ddim_budget
 from rtkrun.samplers.ddim import ddim
 from rtkrun.seeding import SampleNoise
-
-
-@dataclass
-class DDPMConfig:
-    name: str = "ddpm"
-    steps: int = 1000
-    grid: str = "uniform"
-    t_max: float = 1.0
-    t_min: float = 1e-3
-    rho: float = 7.0  # edm grid only
-    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
-
-    def __post_init__(self) -> None:
-        check_budget(self.nfe)
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
 
 
 def ddpm(
@@ -49,7 +33,7 @@ def ddpm(
     grid: str = "uniform",
     t_max: float = 1.0,
     t_min: float = 1e-3,
-    rho: float = 7.0,
+    rho: float = 7.0,  # edm grid only
 ) -> SampleResult:
     result = ddim(
         denoiser,
@@ -69,3 +53,11 @@ def ddpm(
 
 
 budget = ddim_budget  # one evaluation per step, as DDIM
+
+
+def _check(cfg: Any) -> None:
+    if cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+
+
+DDPMConfig = settings_schema(ddpm, "ddpm", _check)

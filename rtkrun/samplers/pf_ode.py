@@ -9,7 +9,6 @@ t = 0, returns x0_hat). Unlike EDM's (x/α, σ/α) coordinates, the coefficients
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,27 +16,15 @@ import torch
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, ddim_move, report
+from rtkrun.samplers.base import (
+    Callback,
+    CountingDenoiser,
+    SampleResult,
+    ddim_move,
+    report,
+    settings_schema,
+)
 from rtkrun.seeding import SampleNoise
-
-
-@dataclass
-class PFODEConfig:
-    name: str = "pf_ode"
-    steps: int = 50
-    solver: str = "heun"  # euler | heun
-    grid: str = "edm"
-    t_max: float = 1.0
-    t_min: float = 1e-3
-    rho: float = 7.0
-    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
-
-    def __post_init__(self) -> None:
-        check_budget(self.nfe)
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.solver not in ("euler", "heun"):
-            raise ConfigError(f"solver={self.solver!r} is unknown; choose euler or heun")
 
 
 @torch.no_grad()
@@ -49,7 +36,7 @@ def pf_ode(
     generator: SampleNoise,
     callback: Callback | None = None,
     steps: int = 50,
-    solver: str = "heun",
+    solver: str = "heun",  # euler | heun
     grid: str = "edm",
     t_max: float = 1.0,
     t_min: float = 1e-3,
@@ -78,3 +65,13 @@ def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
     """Settings that spend ``nfe`` evaluations: Heun takes 2 per step and 1 for the last."""
     steps = max(1, (nfe + 1) // 2) if settings["solver"] == "heun" else nfe
     return {**settings, "steps": steps}
+
+
+def _check(cfg: Any) -> None:
+    if cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.solver not in ("euler", "heun"):
+        raise ConfigError(f"solver={cfg.solver!r} is unknown; choose euler or heun")
+
+
+PFODEConfig = settings_schema(pf_ode, "pf_ode", _check)

@@ -11,14 +11,21 @@ step uses τ = step_size / guess. ``target=dddm`` instead samples, at K levels, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget, ddim_move, report
+from rtkrun.samplers.base import (
+    Callback,
+    CountingDenoiser,
+    SampleResult,
+    ddim_move,
+    report,
+    settings_schema,
+)
 from rtkrun.samplers.rtk import (
     CURVATURE_GUESSES,
     StepSizeSearch,
@@ -34,44 +41,6 @@ from rtkrun.samplers.rtk import (
     tune_mala,
 )
 from rtkrun.seeding import SampleNoise
-
-
-@dataclass
-class RTKMALAConfig:
-    name: str = "rtk_mala"
-    segments: int = 5
-    segment_length: float | None = None  # η: overrides ``segments``
-    segment_space: str = "angle"  # angle (φ = arctan(σ/α)) | t | logsnr
-    warmup_steps: int = 10  # per segment: the step-size search (counted in NFE)
-    inner_steps: int = 12  # per segment: MALA at the frozen step size
-    step_size: float = 0.5  # τ₀ in units of 1/curvature guess (score target) or σ² (dddm target)
-    adapt: bool = True  # false: no search, τ = step_size / guess throughout
-    target_accept: float = 0.57
-    curvature: str = "auto"  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
-    energy: str = "trapezoid"  # exact | trapezoid | gauss_legendre
-    gl_nodes: int = 3
-    radius: float | None = None  # projected variant: reject proposals farther than this from the post-warm-up state
-    target: str = "score"  # score | dddm
-    t_max: float = 1.0
-    t_min: float = 1e-3
-    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
-
-    def __post_init__(self) -> None:
-        check_budget(self.nfe)
-        if self.segments < 1 or self.inner_steps < 0 or self.warmup_steps < 0 or self.gl_nodes < 1:
-            raise ConfigError("segments and gl_nodes must be >= 1, inner_steps and warmup_steps >= 0")
-        if self.step_size <= 0 or (self.segment_length is not None and self.segment_length <= 0):
-            raise ConfigError(f"step_size and segment_length must be > 0, got {self.step_size}, {self.segment_length}")
-        if self.segment_space not in ("t", "logsnr", "angle"):
-            raise ConfigError(f"segment_space={self.segment_space!r} is unknown; choose t, logsnr or angle")
-        if self.energy not in ("exact", "trapezoid", "gauss_legendre"):
-            raise ConfigError(f"energy={self.energy!r} is unknown; choose exact, trapezoid or gauss_legendre")
-        if self.target not in ("score", "dddm"):
-            raise ConfigError(f"target={self.target!r} is unknown; choose score or dddm")
-        if self.curvature not in CURVATURE_GUESSES:
-            raise ConfigError(f"curvature={self.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
-        if not 0 < self.target_accept < 1:
-            raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept}")
 
 
 def _mean(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -181,18 +150,18 @@ def rtk_mala(
     generator: SampleNoise,
     callback: Callback | None = None,
     segments: int = 5,
-    segment_length: float | None = None,
-    segment_space: str = "angle",
-    warmup_steps: int = 10,
-    inner_steps: int = 12,
-    step_size: float = 0.5,
-    adapt: bool = True,
+    segment_length: float | None = None,  # η: overrides ``segments``
+    segment_space: str = "angle",  # angle (φ = arctan(σ/α)) | t | logsnr
+    warmup_steps: int = 10,  # per segment: the step-size search (counted in NFE)
+    inner_steps: int = 12,  # per segment: MALA at the frozen step size
+    step_size: float = 0.5,  # τ₀ in units of 1/curvature guess (score target) or σ² (dddm target)
+    adapt: bool = True,  # false: no search, τ = step_size / guess throughout
     target_accept: float = 0.57,
-    curvature: str = "auto",
-    energy: str = "trapezoid",
+    curvature: str = "auto",  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
+    energy: str = "trapezoid",  # exact | trapezoid | gauss_legendre
     gl_nodes: int = 3,
-    radius: float | None = None,
-    target: str = "score",
+    radius: float | None = None,  # projected variant: reject proposals farther than this from the post-warm-up state
+    target: str = "score",  # score | dddm
     t_max: float = 1.0,
     t_min: float = 1e-3,
 ) -> SampleResult:
@@ -234,3 +203,23 @@ def rtk_mala(
 
 
 budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py)
+
+
+def _check(cfg: Any) -> None:
+    if cfg.segments < 1 or cfg.inner_steps < 0 or cfg.warmup_steps < 0 or cfg.gl_nodes < 1:
+        raise ConfigError("segments and gl_nodes must be >= 1, inner_steps and warmup_steps >= 0")
+    if cfg.step_size <= 0 or (cfg.segment_length is not None and cfg.segment_length <= 0):
+        raise ConfigError(f"step_size and segment_length must be > 0, got {cfg.step_size}, {cfg.segment_length}")
+    if cfg.segment_space not in ("t", "logsnr", "angle"):
+        raise ConfigError(f"segment_space={cfg.segment_space!r} is unknown; choose t, logsnr or angle")
+    if cfg.energy not in ("exact", "trapezoid", "gauss_legendre"):
+        raise ConfigError(f"energy={cfg.energy!r} is unknown; choose exact, trapezoid or gauss_legendre")
+    if cfg.target not in ("score", "dddm"):
+        raise ConfigError(f"target={cfg.target!r} is unknown; choose score or dddm")
+    if cfg.curvature not in CURVATURE_GUESSES:
+        raise ConfigError(f"curvature={cfg.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
+    if not 0 < cfg.target_accept < 1:
+        raise ConfigError(f"target_accept must be in (0, 1), got {cfg.target_accept}")
+
+
+RTKMALAConfig = settings_schema(rtk_mala, "rtk_mala", _check)

@@ -15,13 +15,13 @@ whatever its curvature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, check_budget
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, settings_schema
 from rtkrun.samplers.rtk import (
     CURVATURE_GUESSES,
     baoab_step,
@@ -35,36 +35,6 @@ from rtkrun.samplers.rtk import (
 from rtkrun.seeding import SampleNoise
 
 
-@dataclass
-class RTKULDConfig:
-    name: str = "rtk_uld"
-    segments: int = 5
-    segment_length: float | None = None
-    segment_space: str = "angle"  # angle (φ = arctan(σ/α)) | t | logsnr
-    warmup_steps: int = 10  # per segment: MALA steps that find τ* (counted in NFE)
-    inner_steps: int = 12  # per segment: BAOAB steps
-    step_size: float = 1.0  # h·√L
-    friction: float = 1.0  # γ/√L
-    target_accept: float = 0.57
-    curvature: str = "auto"  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
-    t_max: float = 1.0
-    t_min: float = 1e-3
-    nfe: int | None = None  # a budget: when set, the settings above are fitted to it (samplers/__init__.py)
-
-    def __post_init__(self) -> None:
-        check_budget(self.nfe)
-        if self.segments < 1 or self.inner_steps < 0 or self.warmup_steps < 0:
-            raise ConfigError("segments must be >= 1, inner_steps and warmup_steps >= 0")
-        if self.step_size <= 0 or self.friction <= 0:
-            raise ConfigError(f"step_size and friction must be > 0, got {self.step_size}, {self.friction}")
-        if self.segment_space not in ("t", "logsnr", "angle"):
-            raise ConfigError(f"segment_space={self.segment_space!r} is unknown; choose t, logsnr or angle")
-        if self.curvature not in CURVATURE_GUESSES:
-            raise ConfigError(f"curvature={self.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
-        if not 0 < self.target_accept < 1:
-            raise ConfigError(f"target_accept must be in (0, 1), got {self.target_accept}")
-
-
 @torch.no_grad()
 def rtk_uld(
     denoiser,
@@ -75,13 +45,13 @@ def rtk_uld(
     callback: Callback | None = None,
     segments: int = 5,
     segment_length: float | None = None,
-    segment_space: str = "angle",
-    warmup_steps: int = 10,
-    inner_steps: int = 12,
-    step_size: float = 1.0,
-    friction: float = 1.0,
+    segment_space: str = "angle",  # angle (φ = arctan(σ/α)) | t | logsnr
+    warmup_steps: int = 10,  # per segment: MALA steps that find τ* (counted in NFE)
+    inner_steps: int = 12,  # per segment: BAOAB steps
+    step_size: float = 1.0,  # h·√L
+    friction: float = 1.0,  # γ/√L
     target_accept: float = 0.57,
-    curvature: str = "auto",
+    curvature: str = "auto",  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
     t_max: float = 1.0,
     t_min: float = 1e-3,
 ) -> SampleResult:
@@ -109,3 +79,19 @@ def rtk_uld(
 
 
 budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py)
+
+
+def _check(cfg: Any) -> None:
+    if cfg.segments < 1 or cfg.inner_steps < 0 or cfg.warmup_steps < 0:
+        raise ConfigError("segments must be >= 1, inner_steps and warmup_steps >= 0")
+    if cfg.step_size <= 0 or cfg.friction <= 0:
+        raise ConfigError(f"step_size and friction must be > 0, got {cfg.step_size}, {cfg.friction}")
+    if cfg.segment_space not in ("t", "logsnr", "angle"):
+        raise ConfigError(f"segment_space={cfg.segment_space!r} is unknown; choose t, logsnr or angle")
+    if cfg.curvature not in CURVATURE_GUESSES:
+        raise ConfigError(f"curvature={cfg.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
+    if not 0 < cfg.target_accept < 1:
+        raise ConfigError(f"target_accept must be in (0, 1), got {cfg.target_accept}")
+
+
+RTKULDConfig = settings_schema(rtk_uld, "rtk_uld", _check)
