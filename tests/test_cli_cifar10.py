@@ -95,6 +95,7 @@ def test_missing_dataset_is_one_line(tmp_path):
     assert not (Path(tmp_path) / "outputs").exists() or not list((Path(tmp_path) / "outputs").rglob("last.pt"))
 
 
+@pytest.mark.slow  # 40 s; the matrix-free CLI path runs by default on the MoG and on QM9 (d = 261)
 def test_diagnose_runs_matrix_free_on_images(setup):
     cwd, run_dir, env = setup
     out = cwd / "diagnose"
