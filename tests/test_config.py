@@ -168,3 +168,21 @@ def test_no_experiment_writes_evaluation_samplers_into_its_body():
     for path in sorted((Path(CONF_DIR) / "experiment").glob("*.yaml")):
         body = yaml.safe_load(path.read_text()) or {}
         assert "samplers" not in (body.get("evaluation") or {}), path.name
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "diagnose", "report", "bench"])
+def test_help_describes_every_key_in_one_line(command):
+    """`rtkrun <command> --help` lists each key with its value and what it is, read from the
+    comments on the schema fields: a field added without one fails here."""
+    from rtkrun.commands import COMMANDS
+    from rtkrun.config_help import command_help
+
+    for dataset in ("mog", "qm9", "cifar10"):
+        extra = {"evaluate": ["samples=x.npz"], "diagnose": ["ckpt=x"], "sample": ["sampler=rtk_mala"]}.get(command, [])
+        cfg = compose_cfg(command, [f"dataset={dataset}", *extra] if command not in ("report", "bench") else extra)
+        text = command_help(command, COMMANDS[command].help, cfg)
+        keys = text.split("keys (key=value; the composed value, then what it is):\n")[1].split("\n\n")[0]
+        for line in keys.splitlines():
+            assert len(line.split(None, 2)) == 3, (command, dataset, line)  # key, value, description
+        groups = text.split("groups (")[1].split("\n\n")[0]
+        assert ("sampler " in groups) == (command in ("sample", "diagnose")), groups  # only the groups it composes

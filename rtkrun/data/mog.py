@@ -21,14 +21,14 @@ from rtkrun.metrics import mog as mog_metrics
 @dataclass
 class MogConfig:
     name: str = "mog"
-    dim: int = 2
-    n_components: int = 8
+    dim: int = 2  # dimension d
+    n_components: int = 8  # K
     layout: str = "ring"  # ring (2-D), random, pair (±μ*, the seed's symmetric mixture)
     radius: float = 2.0  # ring radius / norm of μ* / typical norm of random means
-    component_std: float = 0.15
+    component_std: float = 0.15  # s: every component is N(μ_k, s²I)
     weights: list[float] | None = None  # None: uniform
     mixture_seed: int = 0  # draws random means and the training set
-    train_size: int = 10_000
+    train_size: int = 10_000  # training examples drawn once
 
     def __post_init__(self) -> None:
         if self.dim < 1:

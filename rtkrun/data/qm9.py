@@ -54,10 +54,10 @@ NUMBER_OF_TYPE = torch.tensor([ATOMIC_NUMBER[e] for e in ELEMENTS])
 class QM9Config:
     name: str = "qm9"
     source: str = "qm9pack"  # qm9pack (PyPI, offline) | figshare (root: xyz directory or tarball)
-    root: str | None = None
+    root: str | None = None  # figshare: the xyz directory or tarball
     split: str = "train"  # train | valid | test
     limit: int | None = None  # first n molecules of the split (debugging, tests)
-    rebuild_cache: bool = False
+    rebuild_cache: bool = False  # re-parse instead of reading the cached table
 
     def __post_init__(self) -> None:
         if self.source not in ("qm9pack", "figshare"):

@@ -143,7 +143,7 @@ class ObjectiveConfig:
     objective: str = "dddm"  # eps | x0 | dddm | flow_map (MoG: regress the exact one-step flow map, T8's reference)
     distance: str = "mse"  # mse | pseudo_huber (x0 and dddm objectives)
     noise_weighting: str = "none"  # none (DDDM paper) | edm (α²/σ² + 1/s_d², Karras et al. 2022)
-    huber_c: float = 1e-4
+    huber_c: float = 1e-4  # pseudo_huber: √(mean of squares + c²) − c
     null_estimate_prob: float = 0.5  # dddm: fraction of each batch trained with z = None
     dddm_weight: str = "inverse_epoch"  # inverse_epoch (w = 1/(epoch+1), the paper) | data_only
     buffer_update: str = "estimate"  # dddm: write x0_hat (estimate, the paper) | x0 (clean, the official code)

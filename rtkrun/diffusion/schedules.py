@@ -123,22 +123,22 @@ class PolynomialSchedule(VPSchedule):
 @dataclass
 class LinearConfig:
     name: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    num_steps: int = 1000
+    beta_start: float = 1e-4  # β at the first of num_steps
+    beta_end: float = 0.02  # β at the last
+    num_steps: int = 1000  # the discrete chain it is made continuous from
 
 
 @dataclass
 class CosineConfig:
     name: str = "cosine"
-    s: float = 0.008
+    s: float = 0.008  # Nichol & Dhariwal's offset
 
 
 @dataclass
 class PolynomialConfig:
     name: str = "polynomial"
-    power: float = 2.0
-    precision: float = 1e-5
+    power: float = 2.0  # ᾱ(t) = (1 − t^power)², EDM molecules
+    precision: float = 1e-5  # the floor that keeps ᾱ away from 0 and 1
 
 
 # name -> (config schema, constructor); the config layer validates against the schema.

@@ -39,16 +39,16 @@ from rtkrun.models.precond import HEADS, apply_head, estimate_and_flag, noise_le
 @dataclass
 class EGNNConfig:
     name: str = "egnn"
-    layers: int = 9
-    hidden: int = 256
-    inv_sublayers: int = 1
-    attention: bool = True
-    tanh: bool = True
-    coords_range: float = 15.0
-    norm_constant: float = 1.0
+    layers: int = 9  # equivariant blocks
+    hidden: int = 256  # node feature width
+    inv_sublayers: int = 1  # GCL sublayers per block
+    attention: bool = True  # edge attention (EDM)
+    tanh: bool = True  # bound the coordinate update by tanh × coords_range
+    coords_range: float = 15.0  # see tanh
+    norm_constant: float = 1.0  # added to ‖x_i − x_j‖ in the coordinate update
     aggregation_norm: float = 1.0  # Z: 1 is EDM's sum aggregation
     estimate_input: bool = True  # false: EDM's network exactly (no z)
-    head: str = "edm"
+    head: str = "edm"  # edm: c_skip/c_out preconditioning | dddm: x_t − F
     graph: str = "pairs"  # pairs | dense | edges (the reference formulation); see Graph
     trim_padding: bool = True  # drop padding rows past the batch's largest molecule (one host sync per call)
 

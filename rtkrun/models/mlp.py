@@ -35,9 +35,9 @@ from rtkrun.models.precond import (
 @dataclass
 class MogMLPConfig:
     name: str = "mog_mlp"
-    hidden: int = 128
-    depth: int = 3
-    time_features: int = 16
+    hidden: int = 128  # width
+    depth: int = 3  # hidden layers
+    time_features: int = 16  # Fourier features of the noise level
     head: str = "edm"  # edm: x0 = c_skip·x_t/α + c_out·net (identity as σ → 0) | dddm: x0 = x_t − net
 
     def __post_init__(self) -> None:

@@ -61,7 +61,7 @@ def build(cfg: MogOracleConfig, dataset, schedule) -> MogOracle:
 class MogFlowOracleConfig:
     name: str = "mog_flow_oracle"
     ode_steps: int = 200  # Heun steps of the exact PF-ODE per evaluation (float64)
-    t_min: float = 1e-4
+    t_min: float = 1e-4  # the PF-ODE solve stops here
 
 
 class MogFlowOracle(nn.Module):

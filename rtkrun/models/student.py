@@ -27,7 +27,7 @@ class MogStudentConfig:
     symmetric: bool = True  # K = 2 tied means ±μ (the seed's tanh student)
     init: str = "random"  # random: a random direction of norm init_scale | perturbed: μ* plus such a vector
     init_scale: float = 0.1  # norm of the random initial means (or of the perturbation)
-    init_seed: int = 0
+    init_seed: int = 0  # draws the initial means
 
     def __post_init__(self) -> None:
         if self.init not in ("random", "perturbed"):

@@ -38,11 +38,11 @@ SKIP_SCALE = 1.0 / math.sqrt(2.0)
 @dataclass
 class UNetConfig:
     name: str = "dddm_unet"
-    channels: int = 128
-    channel_mult: list[int] = field(default_factory=lambda: [2, 2, 2])
-    blocks_per_level: int = 4
-    attention_resolutions: list[int] = field(default_factory=lambda: [16])
-    dropout: float = 0.13
+    channels: int = 128  # base width
+    channel_mult: list[int] = field(default_factory=lambda: [2, 2, 2])  # width per resolution, × channels
+    blocks_per_level: int = 4  # residual blocks per resolution
+    attention_resolutions: list[int] = field(default_factory=lambda: [16])  # self-attention at these resolutions
+    dropout: float = 0.13  # in residual blocks
     head: str = "dddm"  # dddm: x0_hat = x_t − F (the paper) | edm: c_skip·x_t/α + c_out·F
     estimate_input: bool = True  # concatenate z on the channel axis (false: a plain denoiser)
     groups: int = 32  # GroupNorm groups (capped by the channel count)

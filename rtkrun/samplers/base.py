@@ -55,7 +55,8 @@ def settings_schema(fn: Callable[..., Any], name: str, check: Callable[[Any], No
 
     schema_name = "".join(part.upper() if len(part) <= 4 else part.title() for part in name.split("_")) + "Config"
     doc = f"Settings of :func:`{fn.__module__}.{fn.__name__}` (its keyword defaults), plus the NFE budget."
-    schema = dataclasses.make_dataclass(schema_name, fields, namespace={"__post_init__": __post_init__, "__doc__": doc})
+    namespace = {"__post_init__": __post_init__, "__doc__": doc, "__settings_of__": staticmethod(fn)}
+    schema = dataclasses.make_dataclass(schema_name, fields, namespace=namespace)
     schema.__module__ = fn.__module__  # importable (picklable) as <module>.<schema_name>
     return schema
 

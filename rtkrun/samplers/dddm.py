@@ -44,10 +44,10 @@ def dddm(
     iterations: int = 1,  # M per level
     init: str = "noise",  # noise | zeros | previous (the last level's estimate; noise at the first)
     clip: float | None = None,  # clip z to [−clip, clip] (images: 1.0)
-    grid: str = "uniform",
-    t_max: float = 1.0,
-    t_min: float = 1e-3,
-    rho: float = 7.0,
+    grid: str = "uniform",  # time grid: uniform | quadratic | logsnr | edm | benton
+    t_max: float = 1.0,  # the first time of the grid
+    t_min: float = 1e-3,  # the last time before the final estimate
+    rho: float = 7.0,  # edm grid only
 ) -> SampleResult:
     net = CountingDenoiser(denoiser)
     if levels == 1:  # the paper's sampler: the single level is the top time

@@ -41,11 +41,11 @@ def ddim(
     *,
     generator: SampleNoise,
     callback: Callback | None = None,
-    steps: int = 50,
-    eta: float = 0.0,
-    grid: str = "uniform",
-    t_max: float = 1.0,
-    t_min: float = 1e-3,
+    steps: int = 50,  # network steps on the grid
+    eta: float = 0.0,  # DDIM noise (0: deterministic, 1: DDPM-like)
+    grid: str = "uniform",  # time grid: uniform | quadratic | logsnr | edm | benton
+    t_max: float = 1.0,  # the first time of the grid
+    t_min: float = 1e-3,  # the last time before the final estimate
     rho: float = 7.0,  # edm grid only
 ) -> SampleResult:
     net = CountingDenoiser(denoiser)

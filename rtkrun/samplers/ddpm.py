@@ -29,10 +29,10 @@ def ddpm(
     *,
     generator: SampleNoise,
     callback: Callback | None = None,
-    steps: int = 1000,
-    grid: str = "uniform",
-    t_max: float = 1.0,
-    t_min: float = 1e-3,
+    steps: int = 1000,  # network steps on the grid
+    grid: str = "uniform",  # time grid: uniform | quadratic | logsnr | edm | benton
+    t_max: float = 1.0,  # the first time of the grid
+    t_min: float = 1e-3,  # the last time before the final estimate
     rho: float = 7.0,  # edm grid only
 ) -> SampleResult:
     result = ddim(

@@ -35,12 +35,12 @@ def pf_ode(
     *,
     generator: SampleNoise,
     callback: Callback | None = None,
-    steps: int = 50,
+    steps: int = 50,  # network steps on the grid
     solver: str = "heun",  # euler | heun
-    grid: str = "edm",
-    t_max: float = 1.0,
-    t_min: float = 1e-3,
-    rho: float = 7.0,
+    grid: str = "edm",  # time grid: uniform | quadratic | logsnr | edm | benton
+    t_max: float = 1.0,  # the first time of the grid
+    t_min: float = 1e-3,  # the last time before the final estimate
+    rho: float = 7.0,  # edm grid only
 ) -> SampleResult:
     net = CountingDenoiser(denoiser)
     ts = make_grid(grid, schedule, steps, t_max=t_max, t_min=t_min, rho=rho).to(x_T.device)

@@ -149,21 +149,21 @@ def rtk_mala(
     *,
     generator: SampleNoise,
     callback: Callback | None = None,
-    segments: int = 5,
+    segments: int = 5,  # RTK segments from t_max to t_min
     segment_length: float | None = None,  # η: overrides ``segments``
     segment_space: str = "angle",  # angle (φ = arctan(σ/α)) | t | logsnr
     warmup_steps: int = 10,  # per segment: the step-size search (counted in NFE)
     inner_steps: int = 12,  # per segment: MALA at the frozen step size
     step_size: float = 0.5,  # τ₀ in units of 1/curvature guess (score target) or σ² (dddm target)
     adapt: bool = True,  # false: no search, τ = step_size / guess throughout
-    target_accept: float = 0.57,
+    target_accept: float = 0.57,  # the step-size search's acceptance target
     curvature: str = "auto",  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
     energy: str = "trapezoid",  # exact | trapezoid | gauss_legendre
-    gl_nodes: int = 3,
+    gl_nodes: int = 3,  # Gauss–Legendre nodes per energy
     radius: float | None = None,  # projected variant: reject proposals farther than this from the post-warm-up state
     target: str = "score",  # score | dddm
-    t_max: float = 1.0,
-    t_min: float = 1e-3,
+    t_max: float = 1.0,  # the first time of the grid
+    t_min: float = 1e-3,  # the last time before the final estimate
 ) -> SampleResult:
     net = CountingDenoiser(denoiser)
     if energy == "exact" and not hasattr(denoiser, "log_prob"):

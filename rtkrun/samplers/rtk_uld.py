@@ -43,17 +43,17 @@ def rtk_uld(
     *,
     generator: SampleNoise,
     callback: Callback | None = None,
-    segments: int = 5,
-    segment_length: float | None = None,
+    segments: int = 5,  # RTK segments from t_max to t_min
+    segment_length: float | None = None,  # η: overrides ``segments``
     segment_space: str = "angle",  # angle (φ = arctan(σ/α)) | t | logsnr
     warmup_steps: int = 10,  # per segment: MALA steps that find τ* (counted in NFE)
     inner_steps: int = 12,  # per segment: BAOAB steps
     step_size: float = 1.0,  # h·√L
     friction: float = 1.0,  # γ/√L
-    target_accept: float = 0.57,
+    target_accept: float = 0.57,  # the step-size search's acceptance target
     curvature: str = "auto",  # the search's start: auto | model | probe | bound (rtk.curvature_guess)
-    t_max: float = 1.0,
-    t_min: float = 1e-3,
+    t_max: float = 1.0,  # the first time of the grid
+    t_min: float = 1e-3,  # the last time before the final estimate
 ) -> SampleResult:
     net = CountingDenoiser(denoiser)
 
