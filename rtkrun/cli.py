@@ -333,8 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         if any(a in ("-m", "--multirun") for a in rest):
             check_sweep(command, rest)
     if _env_int("WORLD_SIZE", 1) > 1:
-        if command != "train":
-            fail(f"only `train` runs under torchrun (data parallel); run `rtkrun {command}` as one process")
+        if command not in ("train", "sample"):
+            fail(f"only `train` and `sample` run under torchrun; run `rtkrun {command}` as one process")
         if not any(a.startswith("hydra.run.dir=") for a in rest):
             # each process would stamp its own time into the default run directory
             fail("under torchrun pass hydra.run.dir=<dir> so that all processes share one run directory")

@@ -1,17 +1,20 @@
-"""Data-parallel training under ``torchrun``: the process group, this process's place in it,
-and the two collectives the trainer needs.
+"""Data parallelism under ``torchrun``: the process group, this process's place in it, and the
+collectives the trainer and the sample loop need.
 
 ``torchrun --nproc_per_node=N -m rtkrun train ...`` starts N processes with RANK, WORLD_SIZE
 and LOCAL_RANK set. Each process holds the whole model, dataset and DDDM buffer; the global
 batch is split into N equal contiguous shards, gradients are averaged by DDP, and every new
 DDDM estimate is all-gathered so the buffers stay identical on all ranks. Rank 0 alone writes
-checkpoints, metrics and logs.
+checkpoints, metrics and logs. ``torchrun … -m rtkrun sample …`` splits the sample indices into
+N contiguous blocks; rank 0 gathers them and scores (sample i depends only on (seed, i)).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -49,7 +52,10 @@ def init(device_type: str) -> Place:
     if not launched():
         return Place()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # rank 0 scores each evaluation sampler (FID: minutes at 50k images) while the others
+        # wait at the next gather: a longer timeout than NCCL's 10 minutes
+        timeout = datetime.timedelta(hours=1)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
     here = place()
     if device_type == "cuda":
         torch.cuda.set_device(here.local_rank)
@@ -84,3 +90,19 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if place().active:
         dist.barrier()
+
+
+def rank_block(n: int) -> range:
+    """The contiguous block of indices 0..n-1 this rank handles (blocks differ by at most one)."""
+    here = place()
+    return range(n * here.rank // here.world, n * (here.rank + 1) // here.world)
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0 (None on the others); [obj] alone."""
+    here = place()
+    if not here.active:
+        return [obj]
+    parts = [None] * here.world if here.is_main else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rtkrun import distributed
 from rtkrun.data.base import DiffusionDataset
 from rtkrun.loggers import duration
 from rtkrun.samplers import SAMPLERS, settings_for
@@ -119,22 +120,25 @@ def draw_samples(
     device: torch.device,
     compile_mode: str = "none",
     label: str | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size.
     Datasets on a subspace (molecules) start each batch themselves: they draw the atom counts,
     bind the node mask into the denoiser and project every noise draw; ``info["extras"]``
     then holds the node masks. ``compile_mode`` other than none compiles the network once.
-    Progress is logged under ``label`` (default: the sampler's name)."""
+    Progress is logged under ``label`` (default: the sampler's name). Under torchrun each rank
+    draws a contiguous block of the indices and rank 0 gets all n (the others get None): the
+    samples are those of one process, as sample i depends only on (seed, i)."""
     fn = SAMPLERS[sampler_cfg.name][1]
     settings = settings_for(sampler_cfg)
     chunks, masks, nfe, batch_stats = [], [], 0, []
     start_time = time.time()
-    progress = SamplingProgress(label or sampler_cfg.name, n)
+    block = distributed.rank_block(n)  # under torchrun: this rank's contiguous share of 0..n-1
+    progress = SamplingProgress(label or sampler_cfg.name, len(block))
     model.eval()
     if compile_mode != "none":
         model = CompiledNetwork(model, compile_mode)
-    for start in range(0, n, batch_size):
-        noise = SampleNoise.for_range(seed, start, min(start + batch_size, n), device=device)
+    for start in range(block.start, block.stop, batch_size):
+        noise = SampleNoise.for_range(seed, start, min(start + batch_size, block.stop), device=device)
         denoiser, x_T, noise, mask = start_batch(model, dataset, noise)
         if mask is not None:
             masks.append(mask.cpu())
@@ -145,10 +149,18 @@ def draw_samples(
         progress.batch_done(x_T.shape[0])
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.time() - start_time
+    x0 = torch.cat(chunks) if chunks else torch.zeros(0, *dataset.sample_shape)
+    mask = torch.cat(masks) if masks else None
+    parts = distributed.gather_to_main((x0, mask, batch_stats, nfe))  # rank 0: every block, in order
+    info = {"nfe": nfe, "settings": settings, "seconds": time.time() - start_time, "processes": len(parts or [])}
+    if parts is None:  # another rank: its block is on rank 0 now
+        return None, {**info, "stats": {}, "extras": {}}
+    x0 = torch.cat([p[0] for p in parts])
+    masks = [p[1] for p in parts if p[1] is not None]
+    batch_stats = [b for p in parts for b in p[2]]
     extras = {"node_mask": torch.cat(masks)} if masks else {}
-    stats = merge_batch_stats(batch_stats)
-    return torch.cat(chunks), {"nfe": nfe, "seconds": seconds, "stats": stats, "settings": settings, "extras": extras}
+    info["nfe"] = max(p[3] for p in parts)
+    return x0, {**info, "stats": merge_batch_stats(batch_stats), "extras": extras}
 
 
 RECORDED_STATS = ("acceptance", "step_size", "energy_evals", "contraction", "residual")

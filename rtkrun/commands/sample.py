@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rtkrun import runs
+import torch
+
+from rtkrun import distributed, runs
 from rtkrun.build import load_trained_parts, resolve_device
 from rtkrun.rundir import flatten, provenance
 from rtkrun.samples_file import save_samples
@@ -19,6 +21,11 @@ log = logging.getLogger("rtkrun")
 
 def sample(run, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(run.device)
+    place = distributed.init(device.type)  # torchrun: each process samples a block of the indices
+    if place.active and device.type == "cuda":
+        device = torch.device("cuda", place.local_rank)
+    if not place.is_main:  # rank 0 alone logs, scores and writes
+        logging.getLogger().setLevel(logging.WARNING)
     dataset, schedule, model = load_trained_parts(run)
     model = model.to(device)
     samples, info = draw_samples(
@@ -32,6 +39,9 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         device,
         run.compile,
     )
+    distributed.shutdown()
+    if samples is None:  # another rank: rank 0 has its samples
+        return {}
     scores = dataset.score(samples, run.evaluation, device, info["extras"])
     save_samples(
         run_dir / "samples" / "samples",
@@ -51,6 +61,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         "nfe": info["nfe"],
         "seconds": info["seconds"],
         "n_samples": run.n_samples,
+        "processes": info["processes"],
         "ckpt": run.ckpt,
         "nfe_budget": run.sampler.nfe,
         "dataset/name": run.dataset.name,

@@ -104,11 +104,8 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         eval_model, tracker = trainer.ema, trainer.tracker
         if place.is_main:
             plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png")
-        if place.active:
+        if place.active:  # the group stays up: every rank samples a block of each evaluation
             trained["train/processes"] = place.world
-            distributed.shutdown()
-            if not place.is_main:
-                return {}
         # Training on makes earlier evaluations stale; a run that only re-evaluates keeps them.
         kept = previous if trained["train/steps"] == previous.get("train/steps") else _without_evaluations(previous)
         if "train/seconds_this_session" not in trained:  # nothing trained now: keep what was measured
@@ -116,7 +113,7 @@ def train(run, run_dir: Path) -> dict[str, Any]:
     else:
         log.info("run directory: %s", run_dir.resolve())
         log.info("model %s needs no training", run.model.name)
-        tracker = make_tracker(run.logger, run_dir, config)
+        tracker = make_tracker(run.logger, run_dir, config) if place.is_main else NullTracker()
         trained, eval_model, kept = {"train/steps": run.trainer.max_steps}, model, previous
     metrics: dict[str, Any] = {**kept, **trained, "status": "incomplete", **provenance(run)}
     metrics["train/parameters"] = sum(p.numel() for p in model.parameters())
@@ -126,7 +123,8 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         learned = eval_model.mu if symmetric else eval_model.means
         truth = dataset.mixture.means[:1] if symmetric else dataset.mixture.means
         metrics.update(flatten("student", mean_recovery(learned, truth, symmetric)))
-    runs.write_json(metrics_path, metrics)  # the training results, before any evaluation
+    if place.is_main:
+        runs.write_json(metrics_path, metrics)  # the training results, before any evaluation
 
     metrics = _evaluate_model(run, "eval", eval_model, metrics["train/steps"], metrics, parts, run_dir, tracker)
     for epoch, path in runs.snapshot_paths(run_dir).items():  # trainer.snapshot_epochs (T8)
@@ -137,6 +135,9 @@ def train(run, run_dir: Path) -> dict[str, Any]:
         snapshot.load_state_dict(state["ema"])
         prefix = f"snapshot/epoch={epoch}"
         metrics = _evaluate_model(run, prefix, snapshot, state["step"], metrics, parts, run_dir, tracker)
+    distributed.shutdown()
+    if not place.is_main:  # its blocks of every evaluation are on rank 0
+        return {}
     metrics["status"] = "complete"
     metrics["seconds"] = time.time() - started
     runs.write_json(metrics_path, metrics)
@@ -167,6 +168,8 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
         samples, info = draw_samples(
             model, sampler_cfg, schedule, dataset, ev.n_samples, ev.batch_size, ev.seed, device, label=key
         )
+        if samples is None:  # under torchrun, another rank: rank 0 scores and writes
+            continue
         scores = dataset.score(samples, ev, device, info["extras"])
         if prefix == "eval":  # the final model's samples are kept; a snapshot's are only scored
             save_samples(
@@ -186,7 +189,7 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
         metrics.update(flatten(key, found))
         runs.write_json(metrics_path, metrics)  # a kill in the next sampler keeps this one
         log.info("%s: %s, NFE %d, %.2f s", key, dataset.describe(scores), info["nfe"], info["seconds"])
-    if ev.fixed_point_points and run.trainer.objective in ("dddm", "flow_map"):
+    if ev.fixed_point_points and run.trainer.objective in ("dddm", "flow_map") and distributed.place().is_main:
         metrics.update(flatten(f"{prefix}/fixed_point", fixed_point_at_top(model, dataset, ev, device)))
         runs.write_json(metrics_path, metrics)
     return metrics
