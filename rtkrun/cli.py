@@ -116,6 +116,9 @@ class Preflight(Callback):
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> Any:
     from rtkrun.commands.run import run_command
+    from rtkrun.distributed import adopt_launcher_tasks
+
+    adopt_launcher_tasks()  # a multi-task submitit job: the variables torchrun would set
 
     try:
         return run_command(cfg, Path(HydraConfig.get().runtime.output_dir), launcher_rank())

@@ -5,8 +5,10 @@ collectives the trainer and the sample loop need.
 and LOCAL_RANK set. Each process holds the whole model, dataset and DDDM buffer; the global
 batch is split into N equal contiguous shards, gradients are averaged by DDP, and every new
 DDDM estimate is all-gathered so the buffers stay identical on all ranks. Rank 0 alone writes
-checkpoints, metrics and logs. ``torchrun … -m rtkrun sample …`` splits the sample indices into
-N contiguous blocks; rank 0 gathers them and scores (sample i depends only on (seed, i)).
+checkpoints, metrics and logs. ``hydra/launcher=slurm_ddp`` (submitit, ``tasks_per_node`` ×
+``nodes`` tasks) takes the same path: each task exports the variables torchrun would set.
+``rtkrun sample`` (and train's evaluation) on N processes splits the sample indices into N
+contiguous blocks; rank 0 gathers them and scores (sample i depends only on (seed, i)).
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ class Place:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+
+def adopt_launcher_tasks() -> None:
+    """Inside a job of Hydra's submitit launcher with more than one task (``tasks_per_node`` ×
+    ``nodes``: a SLURM job, or the local executor's), export RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR and MASTER_PORT from submitit's job environment (SLURM's variables), so the job
+    takes torchrun's code path: one process group, rank 0 writes. A no-op anywhere else."""
+    try:
+        import submitit
+        from submitit.helpers import TorchDistributedEnvironment
+
+        tasks = submitit.JobEnvironment().num_tasks
+    except (ImportError, RuntimeError):  # not in a submitit job
+        return
+    if tasks > 1 and "WORLD_SIZE" not in os.environ:
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # LOCAL_RANK picks the GPU
 
 
 def launched() -> bool:

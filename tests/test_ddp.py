@@ -129,3 +129,18 @@ def test_evaluation_after_training_is_split_over_the_processes(tmp_path):
         np.load(tmp_path / "one" / "samples" / "samples.npz") as b,
     ):
         assert a["x0"].shape == (12, 2) and np.array_equal(a["x0"], b["x0"])
+
+
+def test_the_launcher_s_tasks_form_one_data_parallel_job(runs, tmp_path):
+    """`hydra/launcher=local` (submitit's local executor) with tasks_per_node=2: the two tasks take
+    their ranks from submitit's job environment (on SLURM: SLURM's variables; the slurm_ddp
+    preset) and train as torchrun's two processes do, to the one-process run's losses."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train", "-m", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10",
+        *TRAIN, "seed=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=ENV,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (job,) = [p.parent for p in sweep.glob("*/metrics.json")]
+    assert json.loads((job / "metrics.json").read_text())["train/processes"] == 2
+    assert losses(job) == pytest.approx(losses(runs / "one"), rel=1e-5)
