@@ -22,6 +22,7 @@ from rtkrun.diffusion.schedules import SCHEDULES
 from rtkrun.errors import ConfigError
 from rtkrun.models import MODEL_DATASETS, MODELS
 from rtkrun.samplers import SAMPLERS
+from rtkrun.seeding import NOISE
 
 
 @dataclass
@@ -88,8 +89,10 @@ class EvaluationConfig:
     fid_batch_size: int = 200  # images per Inception call
     fixed_point_points: int = 0  # > 0: DDDM fixed-point profile (L, contraction) at this many (x_T, z0) pairs
     fixed_point_t: float = 1.0  # ... at this noise level (the DDDM-1 sampler's t_max)
+    noise: str = "cpu_streams"  # per-sample streams: cpu_streams (one CPU generator each) | philox (on the device)
 
     def __post_init__(self) -> None:
+        _choice(self, "noise", NOISE_KINDS)
         for key in ("n_samples", "batch_size", "n_projections", "w2_max_n", "mmd_max_n", "fid_batch_size"):
             _at_least(self, key, 1)
         _at_least(self, "fixed_point_points", 0)
@@ -159,12 +162,14 @@ class SampleRun:
     n_samples: int = 10_000  # how many samples
     batch_size: int = 10_000  # samples per batch (the result does not depend on it)
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune
+    noise: str = "cpu_streams"  # per-sample streams: cpu_streams (one CPU generator each) | philox (on the device)
     name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
     tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
 
     def __post_init__(self) -> None:
         _seed_and_device(self)
         _name_and_tags(self)
+        _choice(self, "noise", NOISE_KINDS)
         _at_least(self, "n_samples", 1)
         _at_least(self, "batch_size", 1)
         _choice(self, "compile", COMPILE_MODES)
@@ -255,8 +260,8 @@ class BenchRun:
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     preset: str = "tiny"  # tiny (CPU-sized models, the smoke test) | reference (the paper's sizes)
     datasets: list[str] = field(default_factory=lambda: ["mog", "qm9", "cifar10"])  # which datasets' cases to time
-    # which sections to run: training | sampling | diagnostics | egnn | precision
-    sections: list[str] = field(default_factory=lambda: ["training", "sampling", "diagnostics", "egnn", "precision"])
+    # which sections to run: training | sampling | noise | diagnostics | egnn | precision
+    sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))
     warmup: int = 2  # untimed calls before each measurement
     repeats: int = 5  # timed repeats (the median is reported)
     compile: str = "auto"  # auto: on CUDA only | on | off
@@ -271,7 +276,7 @@ class BenchRun:
         _at_least(self, "repeats", 1)
         for key, options in (
             ("datasets", ("mog", "qm9", "cifar10")),
-            ("sections", ("training", "sampling", "diagnostics", "egnn", "precision")),
+            ("sections", BENCH_SECTIONS),
         ):
             unknown = [v for v in getattr(self, key) if v not in options]
             if unknown or not getattr(self, key):
@@ -312,6 +317,8 @@ def _positive(obj: Any, key: str) -> None:
         raise ConfigError(f"{key} must be > 0, got {getattr(obj, key)}")
 
 
+NOISE_KINDS = tuple(NOISE)  # per-sample streams
+BENCH_SECTIONS = ("training", "sampling", "noise", "diagnostics", "egnn", "precision")  # rtkrun/bench/<section>.py
 SEED_MAX = 2**63 - 1  # torch.manual_seed and SeedSequence both take it
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 

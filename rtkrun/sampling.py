@@ -16,7 +16,7 @@ from rtkrun.data.base import DiffusionDataset
 from rtkrun.loggers import duration
 from rtkrun.samplers import SAMPLERS, settings_for
 from rtkrun.samplers.base import merge_batch_stats
-from rtkrun.seeding import SampleNoise
+from rtkrun.seeding import NOISE
 
 log = logging.getLogger("rtkrun")
 
@@ -120,11 +120,13 @@ def draw_samples(
     device: torch.device,
     compile_mode: str = "none",
     label: str | None = None,
+    noise: str = "cpu_streams",
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """n samples in batches; sample i uses the noise stream (seed, i) whatever the batch size.
     Datasets on a subspace (molecules) start each batch themselves: they draw the atom counts,
     bind the node mask into the denoiser and project every noise draw; ``info["extras"]``
     then holds the node masks. ``compile_mode`` other than none compiles the network once.
+    ``noise`` picks the per-sample streams (rtkrun/seeding.py ``NOISE``).
     Progress is logged under ``label`` (default: the sampler's name). Under torchrun each rank
     draws a contiguous block of the indices and rank 0 gets all n (the others get None): the
     samples are those of one process, as sample i depends only on (seed, i)."""
@@ -138,11 +140,11 @@ def draw_samples(
     if compile_mode != "none":
         model = CompiledNetwork(model, compile_mode)
     for start in range(block.start, block.stop, batch_size):
-        noise = SampleNoise.for_range(seed, start, min(start + batch_size, block.stop), device=device)
-        denoiser, x_T, noise, mask = start_batch(model, dataset, noise)
+        streams = NOISE[noise].for_range(seed, start, min(start + batch_size, block.stop), device=device)
+        denoiser, x_T, streams, mask = start_batch(model, dataset, streams)
         if mask is not None:
             masks.append(mask.cpu())
-        result = fn(denoiser, x_T, schedule, generator=noise, callback=progress.step, **settings)
+        result = fn(denoiser, x_T, schedule, generator=streams, callback=progress.step, **settings)
         chunks.append(result.x0.detach().cpu())
         nfe = result.nfe
         batch_stats.append((x_T.shape[0], result.stats))

@@ -156,3 +156,105 @@ class SampleNoise:
         normal = self.randn(*shape).double()
         uniform = 0.5 * torch.erfc(-normal / math.sqrt(2.0))
         return uniform.clamp(1e-300, 1.0).to(self.dtype)
+
+
+# -- counter-based streams on the samples' device ---------------------------------------------------
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)  # Salmon et al. 2011, Philox4x32 multipliers
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)  # the key's Weyl increments (golden ratio, √3 − 1)
+_PHILOX_ROUNDS = 10
+
+
+def _mulhilo32(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit halves of a·m for a < 2³² (int64 tensor) and a 32-bit constant m,
+    in int64 arithmetic without overflow: m is split into 16-bit halves."""
+    p_lo, p_hi = a * (m & 0xFFFF), a * (m >> 16)  # each < 2⁴⁸
+    low_sum = p_lo + ((p_hi & 0xFFFF) << 16)
+    return (p_hi >> 16) + (low_sum >> 32), low_sum & _M32
+
+
+def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-10 (Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3",
+    SC 2011): four 32-bit counter words (int64 tensors of one shape) and a 64-bit key give four
+    32-bit outputs, a bijection of the counter for each key. Checked against Random123's
+    known-answer vectors."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for r in range(_PHILOX_ROUNDS):
+        if r:
+            k0, k1 = (k0 + _PHILOX_W[0]) & _M32, (k1 + _PHILOX_W[1]) & _M32
+        hi0, lo0 = _mulhilo32(c0, _PHILOX_M[0])
+        hi1, lo1 = _mulhilo32(c2, _PHILOX_M[1])
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+class PhiloxNoise:
+    """Per-sample standard-normal streams computed where the samples live, with the interface of
+    :class:`SampleNoise` (``noise=philox``).
+
+    The k-th normal of sample i is a pure function of (seed, i, k): Philox4x32-10 with the seed as
+    its 64-bit key and the counter (k // 4, 0, i mod 2³², i // 2³²) gives four 32-bit words, which
+    Box–Muller turns into normals k − k mod 4 … +3. No generator objects: set-up is one index
+    tensor, and every draw of a batch is a few integer kernels on its device, so a sample is the
+    same whatever the batch split or the number of devices (up to the last bits of log, cos and
+    sin between devices). Uniforms are Φ(normal), as in :class:`SampleNoise`.
+    """
+
+    def __init__(
+        self, seed: int, indices: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.seed, self.device, self.dtype = int(seed), torch.device(device), dtype
+        index = torch.as_tensor(indices if isinstance(indices, torch.Tensor) else list(indices), dtype=torch.int64)
+        self._index = index.to(self.device)
+        self._key = (self.seed & _M32, (self.seed >> 32) & _M32)
+        self._pos = 0  # normals drawn so far per sample
+
+    @classmethod
+    def for_range(
+        cls, seed: int, start: int, stop: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> PhiloxNoise:
+        return cls(seed, torch.arange(start, stop, dtype=torch.int64), device=device, dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def normals(self, first: int, n: int) -> torch.Tensor:
+        """Normals first … first + n − 1 of every sample's stream, (B, n) in float64."""
+        blocks = torch.arange(first // 4, (first + n + 3) // 4, dtype=torch.int64, device=self.device)
+        shape = (len(self._index), len(blocks))
+        c0 = (blocks & _M32).expand(shape)
+        c1 = (blocks >> 32).expand(shape)
+        c2 = (self._index & _M32)[:, None].expand(shape)
+        c3 = (self._index >> 32)[:, None].expand(shape)
+        words = philox4x32((c0, c1, c2, c3), self._key)
+        u = [(w.double() + 0.5) * 2.0**-32 for w in words]  # in (0, 1): the log never sees 0
+        radius01, radius23 = torch.sqrt(-2.0 * torch.log(u[0])), torch.sqrt(-2.0 * torch.log(u[2]))
+        angle01, angle23 = 2.0 * math.pi * u[1], 2.0 * math.pi * u[3]
+        z = torch.stack(
+            [
+                radius01 * torch.cos(angle01),
+                radius01 * torch.sin(angle01),
+                radius23 * torch.cos(angle23),
+                radius23 * torch.sin(angle23),
+            ],
+            dim=-1,
+        ).reshape(shape[0], -1)
+        return z[:, first % 4 : first % 4 + n]
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normals of shape (B, *shape) on ``self.device``: the stream's next values."""
+        n = math.prod(shape)
+        out = self.normals(self._pos, n)
+        self._pos += n
+        return out.to(self.dtype).reshape(len(self), *shape)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """Uniforms on (0, 1) of shape (B, *shape): Φ(standard normal), computed in float64."""
+        n = math.prod(shape)
+        normal = self.normals(self._pos, n)
+        self._pos += n
+        uniform = 0.5 * torch.erfc(-normal / math.sqrt(2.0))
+        return uniform.clamp(1e-300, 1.0).to(self.dtype).reshape(len(self), *shape)
+
+
+NOISE = {"cpu_streams": SampleNoise, "philox": PhiloxNoise}  # evaluation.noise / noise

@@ -17,6 +17,7 @@ def _expected_rows(preset: str, datasets: list[str]) -> dict[str, int]:
     return {
         "training": len(cases),
         "sampling": len(cases) * len(GOALS),
+        "noise": 2 * len(cases),  # cpu_streams, philox
         # matrix-free for every case, plus the exact chain where the dimension allows it
         "diagnostics": len(cases) + sum(c.exact_max_dim > 0 for c in cases),
         "egnn": 6 * sum(c.dataset == "qm9" for c in cases),  # 3 layouts × (sampling, training)

@@ -15,14 +15,16 @@ import torch
 
 from rtkrun.bench.diagnostics import bench_diagnostics
 from rtkrun.bench.egnn import bench_egnn
+from rtkrun.bench.noise import bench_noise
 from rtkrun.bench.precision import bench_precision
 from rtkrun.bench.presets import PRESETS, Parts
 from rtkrun.bench.sampling import bench_sampling
 from rtkrun.bench.timing import machine
 from rtkrun.bench.training import bench_training
+from rtkrun.config import BENCH_SECTIONS
 
 log = logging.getLogger("rtkrun.bench")
-SECTIONS = ("training", "sampling", "diagnostics", "egnn", "precision")
+SECTIONS = BENCH_SECTIONS
 
 
 def _section(name: str, parts: Parts, warmup: int, repeats: int, compile_models: bool) -> list[dict[str, Any]]:
@@ -30,6 +32,8 @@ def _section(name: str, parts: Parts, warmup: int, repeats: int, compile_models:
         return [bench_training(parts, warmup=warmup, repeats=repeats)]
     if name == "sampling":
         return bench_sampling(parts, warmup=warmup, repeats=repeats, compile_models=compile_models)
+    if name == "noise":
+        return bench_noise(parts, warmup=warmup, repeats=repeats)
     if name == "diagnostics":
         return bench_diagnostics(parts, warmup=warmup, repeats=repeats)
     if name == "egnn":
@@ -107,6 +111,15 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {  # section -> (key, header, f
         ("samples_nfe_per_s", "samples·NFE/s", "int"),
         ("peak_mib", "peak MiB", ""),
     ],
+    "noise": [
+        ("case", "case", ""),
+        ("noise", "noise", ""),
+        ("batch", "batch", "int"),
+        ("dim", "d", "int"),
+        ("setup_us_per_sample", "set-up µs/sample", ""),
+        ("goal", "goal", "goal"),
+        ("draw_us_per_sample", "one normal of d: µs/sample", ""),
+    ],
     "diagnostics": [
         ("case", "case", ""),
         ("dim", "d", "int"),
@@ -141,6 +154,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {  # section -> (key, header, f
 TITLES = {
     "training": "Training throughput per dataset preset",
     "sampling": "Sampler overhead: time per NFE over one bare network call",
+    "noise": "Per-sample noise streams: set-up and one draw (cpu_streams vs philox)",
     "diagnostics": "Diagnostics cost per point: matrix-free vs exact",
     "egnn": "EGNN layouts against the edge-list reference",
     "precision": "bf16 and torch.compile against fp32 eager",

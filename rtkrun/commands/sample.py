@@ -38,6 +38,7 @@ def sample(run, run_dir: Path) -> dict[str, Any]:
         run.seed,
         device,
         run.compile,
+        noise=run.noise,
     )
     distributed.shutdown()
     if samples is None:  # another rank: rank 0 has its samples

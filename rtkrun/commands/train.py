@@ -42,6 +42,8 @@ def evaluation_digest(sampler_cfg, evaluation, steps: int) -> str:
     """What one evaluation's result depends on: its sampler, the evaluation settings and the
     model (its training step; the run directory fixes everything else)."""
     settings = {k: v for k, v in dataclasses.asdict(evaluation).items() if k not in EVAL_HOW}
+    if settings.get("noise") == "cpu_streams":  # the streams every run used before the key existed
+        del settings["noise"]
     return digest({"sampler": dataclasses.asdict(sampler_cfg), "evaluation": settings, "steps": steps})
 
 
@@ -166,7 +168,16 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
             log.warning("%s: its settings changed since it was measured; measuring it again", key)
         metrics = {k: v for k, v in metrics.items() if k not in _evaluation(metrics, key)}
         samples, info = draw_samples(
-            model, sampler_cfg, schedule, dataset, ev.n_samples, ev.batch_size, ev.seed, device, label=key
+            model,
+            sampler_cfg,
+            schedule,
+            dataset,
+            ev.n_samples,
+            ev.batch_size,
+            ev.seed,
+            device,
+            label=key,
+            noise=ev.noise,
         )
         if samples is None:  # under torchrun, another rank: rank 0 scores and writes
             continue
