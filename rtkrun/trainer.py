@@ -452,6 +452,7 @@ class Trainer:
                     self.save()
                 last_ckpt = time.time()
             if stopping:
+                distributed.barrier()  # every rank leaves after rank 0's checkpoint is whole
                 stop.forward(self.step, self.ckpt_path)
 
     def _stop_requested(self, stop: StopSignals) -> bool:
