@@ -1,6 +1,8 @@
-"""Data-parallel training under torchrun on the CPU (gloo, 2 processes): the same global batch
-gives the same loss curve, weights and DDPM buffer as one process; gradient accumulation is
-equivalent to one big batch; rank 0 alone writes."""
+"""Data parallelism on the CPU (gloo, 2 processes), under torchrun and as the two tasks of a
+submitit job: the same global batch gives the same loss curve, weights and DDDM buffer as one
+process; gradient accumulation is equivalent to one big batch; sampling (rtkrun sample, and the
+evaluation after train) splits the sample indices and gives the one-process samples bit for bit;
+rank 0 alone writes."""
 
 from __future__ import annotations
 
