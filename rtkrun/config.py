@@ -50,6 +50,7 @@ class TrainerConfig(ObjectiveConfig):
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs: no per-kernel launch cost) | max-autotune
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the total per step
     optimizer: str = "adamw"  # adamw | sgd (plain gradient descent: the seed's learning-regime experiments)
+    overfit_batches: int = 0  # > 0: the first k batches only, same times and noise (debug=overfit)
     fresh_data: bool = False  # every step draws a fresh batch from the data distribution (MoG): population gradient
     rao_blackwell: bool = False  # regress on E[target | x_t] (exact for the MoG): same expected gradient, less variance
 
@@ -70,7 +71,7 @@ class TrainerConfig(ObjectiveConfig):
             _at_least(self, key, 1)
         for key in ("lr", "ckpt_minutes"):
             _positive(self, key)
-        for key in ("weight_decay", "grad_clip", "warmup_steps"):
+        for key in ("weight_decay", "grad_clip", "warmup_steps", "overfit_batches"):
             _at_least(self, key, 0)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")

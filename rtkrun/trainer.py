@@ -198,7 +198,9 @@ class Trainer:
         self.step = 0
         self.last_loss = float("nan")  # the mean loss of the last logged interval
         self.batch_size = tc.batch_size if tc.fresh_data else min(tc.batch_size, len(dataset))
-        self.steps_per_epoch = max(len(dataset) // self.batch_size, 1)
+        # the examples trained on: all of them, or the first overfit_batches batches (debug=overfit)
+        self.examples = min(len(dataset), tc.overfit_batches * self.batch_size or len(dataset))
+        self.steps_per_epoch = max(self.examples // self.batch_size, 1)
         self.micro_batches = tc.grad_accum if self.batch_size % tc.grad_accum == 0 else 1
         self.place = distributed.place()
         if self.batch_size % (self.micro_batches * self.place.world):
@@ -379,7 +381,11 @@ class Trainer:
 
     def _epoch_size(self) -> dict[str, int]:
         """What an epoch is here (T8's epoch axis reads it): steps, and examples per step."""
-        return {"train/steps_per_epoch": self.steps_per_epoch, "train/batch_size": self.batch_size}
+        return {
+            "train/steps_per_epoch": self.steps_per_epoch,
+            "train/batch_size": self.batch_size,
+            "train/examples": self.examples,
+        }
 
     def _loop(self, stop: StopSignals, start_step, start_time, last_ckpt, bar, order_epoch, order) -> None:
         tc, main = self.cfg, self.place.is_main
@@ -388,10 +394,13 @@ class Trainer:
         while self.step < tc.max_steps:
             epoch, position = divmod(self.step, self.steps_per_epoch)
             if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(self.seed, epoch, len(self.dataset))
+                order_epoch, order = epoch, epoch_order(self.seed, epoch, self.examples)
             index = order[position * self.batch_size : (position + 1) * self.batch_size]
             if tc.fresh_data:  # new examples every step: the index only numbers the batch's rows
                 index = torch.arange(self.batch_size)
+            if tc.overfit_batches:  # the same examples, times and noise at every visit of a batch
+                index, _ = index.sort()
+                self.generator.manual_seed(stream_seed(self.seed, Stream.TRAINING_NOISE, 1 + position))
             loss, lr = self.step_once(index, epoch)
             loss_sum += loss.detach()
             loss_count += 1
