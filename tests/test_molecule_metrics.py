@@ -110,3 +110,22 @@ def test_the_molecule_grid_carries_its_metrics_title(training_molecules, tmp_pat
     banner = np.asarray(titled.convert("L"))[:28]
     assert (banner < 128).sum() > 50  # the text is drawn, not only stored as metadata
     np.testing.assert_array_equal(np.asarray(titled)[28:], np.asarray(plain))  # the tiles, moved down
+
+
+def test_a_collapsed_sample_is_drawn_as_atoms_without_a_bond_tangle(training_molecules, tmp_path):
+    """Atoms fallen together are within bond range of many others: drawn as atoms alone and
+    labelled "collapsed"; a real molecule keeps its bonds and SMILES."""
+    from PIL import Image
+
+    numbers = training_molecules.numbers[:2].copy()
+    positions = training_molecules.positions[:2].astype(np.float64).copy()
+    positions[1] *= 0.05  # the second molecule collapses onto its centre
+    orders = molecules.bond_orders(numbers, positions)
+    real, label = qm9_render.depiction(numbers[0], positions[0], orders[0])
+    assert real.GetNumBonds() > 0 and label == molecules.smiles_of(numbers[:1], positions[:1])[0]
+    collapsed, label = qm9_render.depiction(numbers[1], positions[1], orders[1])
+    assert label == "collapsed" and collapsed.GetNumBonds() == 0
+    assert collapsed.GetNumAtoms() == int((numbers[1] > 0).sum())
+    qm9_render.save_grid(numbers, positions, tmp_path / "grid.png")
+    tile = np.asarray(Image.open(tmp_path / "grid.png").convert("L"))[:, 220:440]
+    assert (tile < 200).sum() > 100  # the collapsed sample's tile is drawn, not left blank

@@ -38,10 +38,25 @@ def write_sdf(
     runs.atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def save_grid(numbers: np.ndarray, positions: np.ndarray, path: str | Path, title: str = "") -> None:
-    """2-D depictions (RDKit) of the molecules in a 4-wide PNG grid, each labelled with its SMILES
-    or "invalid"; a molecule RDKit cannot lay out (coincident atoms) is left as a blank tile."""
+MAX_NEIGHBOURS = 4  # no H, C, N, O or F atom bonds to more than four others
+
+
+def depiction(numbers: np.ndarray, positions: np.ndarray, orders: np.ndarray) -> tuple[Any, str]:
+    """(RDKit molecule, label) to draw for one sample: its inferred bonds and its SMILES, or
+    "invalid". A collapsed sample (an atom within bond range of more than four others, as when
+    the atoms fall together) is drawn as its atoms alone, labelled "collapsed", not as a tangle
+    of inferred bonds."""
     Chem = molecules.rdkit_chem()
+    if (orders > 0).sum(-1).max(initial=0) > MAX_NEIGHBOURS:
+        return molecules.build_molecule(numbers, positions, np.zeros_like(orders)), "collapsed"
+    mol = molecules.build_molecule(numbers, positions, orders)
+    smiles = molecules.canonical_smiles(Chem.Mol(mol))
+    return mol, smiles if smiles is not None else "invalid"
+
+
+def save_grid(numbers: np.ndarray, positions: np.ndarray, path: str | Path, title: str = "") -> None:
+    """2-D depictions (RDKit) of the molecules in a 4-wide PNG grid, each labelled with its SMILES,
+    "invalid" or "collapsed" (:func:`depiction`); a molecule RDKit cannot lay out is left blank."""
     from PIL import Image, ImageDraw
     from PIL.PngImagePlugin import PngInfo
     from rdkit.Chem import AllChem, Draw
@@ -54,12 +69,11 @@ def save_grid(numbers: np.ndarray, positions: np.ndarray, path: str | Path, titl
     if title:
         ImageDraw.Draw(grid).text((8, 8), title, fill="black")
     for b in range(len(numbers)):
-        mol = molecules.build_molecule(numbers[b], positions[b], orders[b])
-        smiles = molecules.canonical_smiles(Chem.Mol(mol))
+        mol, legend = depiction(numbers[b], positions[b], orders[b])
         try:
             mol.UpdatePropertyCache(strict=False)
             AllChem.Compute2DCoords(mol)
-            tile = Draw.MolToImage(mol, size=(size, size), legend=smiles if smiles is not None else "invalid")
+            tile = Draw.MolToImage(mol, size=(size, size), legend=legend)
         except (RuntimeError, ValueError):
             continue
         grid.paste(tile, ((b % per_row) * size, banner + (b // per_row) * size))
