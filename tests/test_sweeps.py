@@ -43,6 +43,14 @@ def test_submitit_sweep_is_idempotent_and_reported(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = (out / "T1_T2.md").read_text()
     assert table.count("| rtk_mala |") == 2 and "step_size=0.25" in table and "step_size=0.5" in table
+    # the swept step size pivoted into columns (T2's layout), with its own figure
+    pivot = (out / "T1_T2_step_size.md").read_text().splitlines()
+    header = pivot[4]
+    assert "| step_size=0.25 | step_size=0.5 |" in header and len(pivot) == 7, pivot  # one row: both runs
+    row = dict(zip(header.strip("|").split(" | "), pivot[6].strip("|").split(" | ")))
+    runs_w2 = sorted(json.loads((j / "metrics.json").read_text())["sample/sliced_w2"] for j in jobs)
+    assert sorted(float(row[f"step_size={v}"]) for v in ("0.25", "0.5")) == pytest.approx(runs_w2, rel=1e-3)
+    assert (out / "T1_T2_step_size.png").stat().st_size > 0
 
 
 def test_seeds_name_their_own_job_directories(tmp_path):

@@ -147,3 +147,27 @@ def plot_t8(
             ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path, fix=OUT_FIX, dpi=100)
+
+
+def plot_swept(table: list[dict[str, Any]], key: str, path: Path, metric: str = "sliced_w2") -> None:
+    """``metric`` against the swept setting ``key``, one line per pivot row, with each row's
+    true-vs-true baseline dotted: the swept parameter on the x-axis, not folded into NFE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in table:
+        pts = sorted((float(v), y) for v, y in row["values"].items() if y is not None)
+        label = " ".join(str(x) for x in (row["model"], f"d={row['dim']}", row["sampler"], row["variant"]) if x)
+        (line,) = ax.plot(*zip(*pts), marker="o", label=label)
+        if row.get(f"baseline/{metric}"):
+            ax.axhline(row[f"baseline/{metric}"], color=line.get_color(), ls=":", lw=1)
+    values = [float(v) for row in table for v in row["values"]]
+    if min(values) > 0 and max(values) / min(values) >= 10:
+        ax.set_xscale("log")
+    ax.set(yscale="log", xlabel=key, ylabel=metric, title=f"{metric} against {key} (dotted: true vs true)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, fix=OUT_FIX, dpi=100)

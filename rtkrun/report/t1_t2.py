@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtkrun.report.output import plot_quality_vs_nfe, write_table
+from rtkrun.report.output import plot_quality_vs_nfe, plot_swept, write_table
 from rtkrun.report.rows import natural_key, round3, run_config, variant
 
 NAME = "T1_T2"
+SWEPT = ("step_size", "segment_length", "levels", "eta")  # sampler settings a sweep varies
+PIVOT_KEYS = ("model", "dim", "sampler", "variant", "nfe_budget", "n")
 SAMPLE_COLUMNS = [
     "model",
     "dim",
@@ -87,6 +89,8 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
             "contraction": round3(contraction[-1][-1]) if contraction and contraction[-1] else None,
         }
     )
+    # the settings a sweep varies, as the run used them (metrics.json's effective settings)
+    row["swept"] = {k: m.get(f"settings/{k}", cfg["sampler"].get(k)) for k in SWEPT}
     if cfg["model"]["name"] == "mog_flow_oracle" and row["nfe"]:
         # each "NFE" of the exact flow map is a whole Heun solve of the PF-ODE: 2·steps − 1 oracle calls
         row["oracle_calls"] = row["nfe"] * (2 * cfg["model"].get("ode_steps", 200) - 1)
@@ -108,8 +112,44 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
+def sweep_tables(rows: list[dict[str, Any]], metric: str = "sliced_w2") -> dict[str, tuple[list, list[str]]]:
+    """Per swept setting (one that takes two or more values among rows equal in everything
+    else): rows (model, dim, sampler, the rest of the variant, NFE budget, n) with ``metric`` at
+    each value as columns, and the true-vs-true baseline; the T2 layout. {setting: (rows, columns)}."""
+    out = {}
+    for key in SWEPT:
+        groups: dict[tuple, dict[str, Any]] = {}
+        for r in rows:
+            value = (r.get("swept") or {}).get(key)
+            if value is None or r.get(metric) is None or r.get("status") != "complete":
+                continue
+            rest = " ".join(t for t in str(r["variant"]).split() if not t.startswith(f"{key}="))
+            ident = (r["model"], r["dim"], r["sampler"], rest, r.get("nfe_budget"), r.get("n"))
+            entry = groups.setdefault(ident, dict(zip(PIVOT_KEYS, ident), values={}))
+            entry["values"][value] = r[metric]
+            entry[f"baseline/{metric}"] = r.get(f"baseline/{metric}")
+        swept = {g: e for g, e in groups.items() if len(e["values"]) >= 2}
+        if not swept:
+            continue
+        values = sorted({v for e in swept.values() for v in e["values"]}, key=natural_key)
+        table = []
+        for ident in sorted(swept, key=lambda g: tuple(natural_key(x) for x in g)):
+            entry = dict(swept[ident])
+            table.append({**entry, **{f"{key}={v}": entry["values"].get(v) for v in values}})
+        out[key] = (table, [*PIVOT_KEYS, *(f"{key}={v}" for v in values), f"baseline/{metric}"])
+    return out
+
+
 def write(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     rows = sort_rows([sample_row(p) for p in run_dirs])
     write_table(rows, SAMPLE_COLUMNS, out / NAME, "T1/T2: samplers on the mixture of Gaussians", SAMPLE_NOTE)
-    plot_quality_vs_nfe([r for r in rows if r.get("status") == "complete"], out / "T1_T2.png")
-    return {NAME: len(rows)}
+    complete = [r for r in rows if r.get("status") == "complete"]
+    plot_quality_vs_nfe(complete, out / "T1_T2.png")
+    written = {NAME: len(rows)}
+    for key, (table, columns) in sweep_tables(rows).items():
+        stem = out / f"{NAME}_{key}"
+        note = f"Sliced W2 per value of the swept `{key}` (T2's layout); the other settings fixed per row."
+        write_table(table, columns, stem, f"T1/T2 swept over {key}: sliced W2", note)
+        plot_swept(table, key, stem.with_suffix(".png"))
+        written[f"{NAME}_{key}"] = len(table)
+    return written
