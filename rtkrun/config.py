@@ -50,6 +50,9 @@ class TrainerConfig(ObjectiveConfig):
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs: no per-kernel launch cost) | max-autotune
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the total per step
     optimizer: str = "adamw"  # adamw | sgd (plain gradient descent: the seed's learning-regime experiments)
+    preview_every: int = 0  # > 0: a sample grid and quick metrics every this many steps (a multiple of log_every)
+    preview_samples: int = 256  # samples per preview (one batch, rank 0)
+    preview_steps: int = 10  # DDIM steps of a preview
     overfit_batches: int = 0  # > 0: the first k batches only, same times and noise (debug=overfit)
     fresh_data: bool = False  # every step draws a fresh batch from the data distribution (MoG): population gradient
     rao_blackwell: bool = False  # regress on E[target | x_t] (exact for the MoG): same expected gradient, less variance
@@ -71,8 +74,15 @@ class TrainerConfig(ObjectiveConfig):
             _at_least(self, key, 1)
         for key in ("lr", "ckpt_minutes"):
             _positive(self, key)
-        for key in ("weight_decay", "grad_clip", "warmup_steps", "overfit_batches"):
+        for key in ("weight_decay", "grad_clip", "warmup_steps", "overfit_batches", "preview_every"):
             _at_least(self, key, 0)
+        _at_least(self, "preview_samples", 1)
+        _at_least(self, "preview_steps", 1)
+        if self.preview_every % self.log_every:
+            raise ConfigError(
+                f"preview_every={self.preview_every} must be a multiple of log_every={self.log_every} "
+                "(a preview's numbers go into that step's record)"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

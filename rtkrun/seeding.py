@@ -42,6 +42,7 @@ class Stream(enum.IntEnum):
     DROPOUT = 5_000_000  # + rank: the global RNG under data parallelism
     FIXED_POINT_PROFILE = 6_000_000  # the points of the fixed-point profile at t_max
     ONE_STEP_PAIRS = 7_000_000  # x_T of the one-step (self-distillation) rows
+    PREVIEW = 8_000_000  # the samples of the previews during training
 
 
 def stream_seed(seed: int, stream: Stream, k: int = 0) -> int:

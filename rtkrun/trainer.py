@@ -28,6 +28,7 @@ from rtkrun.diffusion.objectives import LossInputs
 from rtkrun.errors import RtkrunError, Stopped
 from rtkrun.loggers import duration
 from rtkrun.loss_setup import build_objective
+from rtkrun.preview import preview
 from rtkrun.seeding import Stream, stream_seed
 
 log = logging.getLogger("rtkrun.train")
@@ -177,6 +178,7 @@ class Trainer:
     ) -> None:
         self.cfg = run.trainer
         self.seed = run.seed
+        self.evaluation, self.schedule = run.evaluation, schedule  # for previews
         self.model = model
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self.adaptive_clip = AdaptiveClip(device)
@@ -429,6 +431,8 @@ class Trainer:
                     }
                     if hasattr(self.model, "progress"):  # e.g. the student's angle and distance to μ*
                         record.update(self.model.progress(self.dataset))
+                    if main and tc.preview_every and self.step % tc.preview_every == 0:
+                        record.update(self._preview())
                     if main:
                         runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
                         self.tracker.log(record)
@@ -463,6 +467,17 @@ class Trainer:
             if stopping:
                 distributed.barrier()  # every rank leaves after rank 0's checkpoint is whole
                 stop.forward(self.step, self.ckpt_path)
+
+    def _preview(self) -> dict[str, float]:
+        """A preview of the EMA model at this step (rtkrun/preview.py), drawn and logged."""
+        tc = self.cfg
+        folder = self.run_dir / "previews"
+        numbers, path = preview(
+            self.ema, self.dataset, self.schedule, self.evaluation, tc.preview_samples, tc.preview_steps,
+            self.step, folder, self.device,
+        )  # fmt: skip
+        self.tracker.image("preview", path, caption=f"step {self.step}")
+        return numbers
 
     def _stop_requested(self, stop: StopSignals) -> bool:
         """Whether a stop signal arrived; under data parallelism every rank agrees (one tiny

@@ -169,3 +169,24 @@ def test_debug_overfit_fits_one_batch(tmp_path):
     assert metrics["train/examples"] == 16 and metrics["train/steps_per_epoch"] == 1
     losses = [json.loads(line)["loss"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.05 < 0.3 < losses[0], losses
+
+
+def test_previews_are_drawn_logged_and_leave_training_unchanged(tmp_path):
+    """trainer.preview_every: a picture and the dataset's metrics of the EMA model at those
+    steps, in that step's metrics.jsonl record; the run trains bit for bit as one without."""
+    common = ["trainer.deterministic=true", "trainer.max_steps=200", "trainer.log_every=50", *NO_EVAL]
+    with_previews = [*common, "trainer.preview_every=100", "trainer.preview_samples=64"]
+    train(tmp_path / "previewed", with_previews)
+    train(tmp_path / "plain", common)
+    assert sorted(p.name for p in (tmp_path / "previewed" / "previews").glob("*.png")) == [
+        "step-0000100.png",
+        "step-0000200.png",
+    ]
+    records = [json.loads(line) for line in (tmp_path / "previewed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "preview/sliced_w2" in r] == [100, 200]
+    assert all(r["preview/sliced_w2"] > 0 and "preview/baseline/sliced_w2" in r for r in records if r["step"] == 100)
+    a, b = runs.load_checkpoint(tmp_path / "previewed"), runs.load_checkpoint(tmp_path / "plain")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    with pytest.raises(RtkrunError, match="preview_every=75 must be a multiple of log_every=50"):
+        train(tmp_path / "bad", [*common, "trainer.preview_every=75"])
