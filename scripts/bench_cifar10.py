@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rtkrun.bench.presets import write_fake_cifar10
 from rtkrun.bench.timing import Stopwatch
-from rtkrun.config import TrainerConfig
+from rtkrun.config import EvaluationConfig, TrainerConfig
 from rtkrun.data import cifar10
 from rtkrun.diffusion.schedules import SCHEDULES, build_schedule
 from rtkrun.loggers import NullTracker
@@ -66,7 +66,7 @@ def make_trainer(args, dataset, schedule, device, precision: str, compile_: bool
         compile=compile_,
         compile_mode=args.compile_mode,
     )
-    run = SimpleNamespace(trainer=tc, seed=0)
+    run = SimpleNamespace(trainer=tc, seed=0, evaluation=EvaluationConfig())
     return Trainer(run, model, dataset, schedule, run_dir, device, {"model": {"name": "dddm_unet"}}, NullTracker())
 
 
