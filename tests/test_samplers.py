@@ -135,7 +135,7 @@ def test_named_streams_keep_the_seeds_old_runs_used():
     old = {Stream.EPOCH_ORDER: 1_000_000, Stream.TRAINING_NOISE: 2_000_000, Stream.DDDM_BUFFER: 3_000_000}
     old |= {Stream.IMAGE_FLIPS: 4_000_000, Stream.DROPOUT: 5_000_000, Stream.FIXED_POINT_PROFILE: 6_000_000}
     old |= {Stream.ONE_STEP_PAIRS: 7_000_000}
-    assert set(old) == set(Stream)
+    assert set(old) <= set(Stream)  # later streams (PREVIEW) take keys of their own
     for stream, key in old.items():
         assert stream_seed(11, stream, 3) == sample_seed(11, key + 3)
     assert len({stream_seed(11, s) for s in Stream}) == len(Stream)
