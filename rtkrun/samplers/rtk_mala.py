@@ -27,11 +27,11 @@ from rtkrun.samplers.base import (
     settings_schema,
 )
 from rtkrun.samplers.rtk import (
-    CURVATURE_GUESSES,
     StepSizeSearch,
     _bcast,
     _sum,
     acceptance_probability,
+    check_segments,
     curvature_guess,
     mala_step,
     report_step,
@@ -206,20 +206,15 @@ budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py
 
 
 def _check(cfg: Any) -> None:
-    if cfg.segments < 1 or cfg.inner_steps < 0 or cfg.warmup_steps < 0 or cfg.gl_nodes < 1:
-        raise ConfigError("segments and gl_nodes must be >= 1, inner_steps and warmup_steps >= 0")
+    check_segments(cfg)
+    if cfg.gl_nodes < 1:
+        raise ConfigError(f"gl_nodes must be >= 1, got {cfg.gl_nodes}")
     if cfg.step_size <= 0 or (cfg.segment_length is not None and cfg.segment_length <= 0):
         raise ConfigError(f"step_size and segment_length must be > 0, got {cfg.step_size}, {cfg.segment_length}")
-    if cfg.segment_space not in ("t", "logsnr", "angle"):
-        raise ConfigError(f"segment_space={cfg.segment_space!r} is unknown; choose t, logsnr or angle")
     if cfg.energy not in ("exact", "trapezoid", "gauss_legendre"):
         raise ConfigError(f"energy={cfg.energy!r} is unknown; choose exact, trapezoid or gauss_legendre")
     if cfg.target not in ("score", "dddm"):
         raise ConfigError(f"target={cfg.target!r} is unknown; choose score or dddm")
-    if cfg.curvature not in CURVATURE_GUESSES:
-        raise ConfigError(f"curvature={cfg.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
-    if not 0 < cfg.target_accept < 1:
-        raise ConfigError(f"target_accept must be in (0, 1), got {cfg.target_accept}")
 
 
 RTKMALAConfig = settings_schema(rtk_mala, "rtk_mala", _check)

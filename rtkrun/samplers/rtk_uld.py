@@ -23,8 +23,8 @@ from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, settings_schema
 from rtkrun.samplers.rtk import (
-    CURVATURE_GUESSES,
     baoab_step,
+    check_segments,
     curvature_guess,
     report_step,
     rtk_budget,
@@ -82,16 +82,9 @@ budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py
 
 
 def _check(cfg: Any) -> None:
-    if cfg.segments < 1 or cfg.inner_steps < 0 or cfg.warmup_steps < 0:
-        raise ConfigError("segments must be >= 1, inner_steps and warmup_steps >= 0")
+    check_segments(cfg)
     if cfg.step_size <= 0 or cfg.friction <= 0:
         raise ConfigError(f"step_size and friction must be > 0, got {cfg.step_size}, {cfg.friction}")
-    if cfg.segment_space not in ("t", "logsnr", "angle"):
-        raise ConfigError(f"segment_space={cfg.segment_space!r} is unknown; choose t, logsnr or angle")
-    if cfg.curvature not in CURVATURE_GUESSES:
-        raise ConfigError(f"curvature={cfg.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
-    if not 0 < cfg.target_accept < 1:
-        raise ConfigError(f"target_accept must be in (0, 1), got {cfg.target_accept}")
 
 
 RTKULDConfig = settings_schema(rtk_uld, "rtk_uld", _check)
