@@ -50,6 +50,7 @@ class TrainerConfig(ObjectiveConfig):
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs: no per-kernel launch cost) | max-autotune
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is the total per step
     optimizer: str = "adamw"  # adamw | sgd (plain gradient descent: the seed's learning-regime experiments)
+    eta_seed: float | None = None  # with fixed_t: lr from the seed's step size, lr = eta d/(2 α²σ²)
     preview_every: int = 0  # > 0: a sample grid and quick metrics every this many steps (a multiple of log_every)
     preview_samples: int = 256  # samples per preview (one batch, rank 0)
     preview_steps: int = 10  # DDIM steps of a preview
@@ -85,6 +86,10 @@ class TrainerConfig(ObjectiveConfig):
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.eta_seed is not None:
+            _positive(self, "eta_seed")
+            if self.fixed_t is None:
+                raise ConfigError("eta_seed sets lr at one noise level; set trainer.fixed_t too (or drop eta_seed)")
 
 
 @dataclass
@@ -250,6 +255,45 @@ class DiagnoseRun:
 
 
 @dataclass
+class SearchConfig:
+    repeats: int = 3  # sample sets per step count (seeds seed … seed + repeats − 1), averaged
+    tol: float = 1.0  # pass: sliced W2 <= (1 + tol) × the exact sampler's value at the same n
+    horizon: float | None = None  # OU horizon −log α(t_max) shared by every grid; null: sampler.t_max as set
+    directions: int = 128  # random projection directions of the sliced W2 (plus the means' span)
+    baseline_repeats: int = 8  # exact sample sets averaged into the baseline
+    max_steps: int = 4096  # the top of the √2-spaced ladder of step counts
+
+    def __post_init__(self) -> None:
+        for key in ("repeats", "directions", "baseline_repeats", "max_steps"):
+            _at_least(self, key, 1)
+        _at_least(self, "tol", 0.0)
+        if self.horizon is not None:
+            _positive(self, "horizon")
+
+
+@dataclass
+class SearchRun:
+    command: str
+    seed: int  # the projection directions, the baseline and the first sample set's stream
+    device: str  # auto (CUDA when available) | cpu | cuda | cuda:N
+    dataset: Any  # the dataset group (dataset=…); needs an exact mixture (mog)
+    model: Any  # the model group (model=…); the exact denoiser (mog_oracle)
+    schedule: Any  # the noise schedule group (schedule=…)
+    sampler: Any  # the sampler group (sampler=…); one with steps and grid (ddpm, ddim, pf_ode)
+    logger: Any  # console | wandb (logger=…)
+    evaluation: Any  # the evaluation group (unused; search scores with the sliced W2 to the mixture)
+    search: Any  # the search settings
+    n_samples: int = 2000  # samples per set
+    name: str | None = None  # a short label: appended to the run directory's name, recorded, shown by report
+    tags: list[str] = field(default_factory=list)  # free labels, recorded in metrics.json and shown by report
+
+    def __post_init__(self) -> None:
+        _seed_and_device(self)
+        _name_and_tags(self)
+        _at_least(self, "n_samples", 2)
+
+
+@dataclass
 class ReportRun:
     command: str
     seed: int  # unused (report is deterministic)
@@ -257,6 +301,7 @@ class ReportRun:
     evaluation: Any  # the evaluation group (evaluation=…)
     runs: Any = "???"  # a directory or a list of directories
     out: str = "outputs/tables"  # where the tables and figures go
+    docs: str | None = None  # also write the tables' Markdown into this page, headed by the command and the machine
 
     def __post_init__(self) -> None:
         _seed(self, "seed")
@@ -278,6 +323,7 @@ class BenchRun:
     compile: str = "auto"  # auto: on CUDA only | on | off
     threads: int | None = None  # CPU threads for torch (null: torch's default)
     out: str | None = None  # also write the Markdown here (and the JSON beside it)
+    molecules: str | None = None  # QM9 cases: this molecule table .npz (a QM9 cache file) instead of qm9pack
 
     def __post_init__(self) -> None:
         _seed_and_device(self)
@@ -301,6 +347,7 @@ RUN_SCHEMAS = {  # per command (rtkrun/commands/__init__.py lists the commands)
     "sample": SampleRun,
     "evaluate": EvaluateRun,
     "diagnose": DiagnoseRun,
+    "search": SearchRun,
     "report": ReportRun,
     "bench": BenchRun,
 }
@@ -406,6 +453,7 @@ def validate(cfg: DictConfig | dict) -> Any:
         raise ConfigError(f"evaluation must be a group of settings (key: value), got {evaluation!r}")
     trainer = rest.pop("trainer", None)
     diagnostics = rest.pop("diagnostics", None)
+    search = rest.pop("search", None)
     typed = {k: typed_group(k, v) for k, v in groups.items()}
     typed_eval = _typed(EvaluationConfig, {**evaluation, "samplers": {}}, "evaluation")
     if not isinstance(evaluation.get("samplers") or {}, (dict, DictConfig)):
@@ -419,6 +467,8 @@ def validate(cfg: DictConfig | dict) -> Any:
         typed["trainer"] = _typed(TrainerConfig, trainer, "trainer")
     if diagnostics is not None:
         typed["diagnostics"] = _typed(DiagnosticsConfig, diagnostics, "diagnostics")
+    if search is not None:
+        typed["search"] = _typed(SearchConfig, search, "search")
     placeholders = {k: None for k in typed}
     run = _typed(top, {**rest, **placeholders}, "")
     for k, v in typed.items():

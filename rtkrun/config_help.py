@@ -18,11 +18,16 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rtkrun.config import GROUPS, RUN_SCHEMAS, DiagnosticsConfig, EvaluationConfig, TrainerConfig
+from rtkrun.config import GROUPS, RUN_SCHEMAS, DiagnosticsConfig, EvaluationConfig, SearchConfig, TrainerConfig
 from rtkrun.paths import CONF_DIR
 
 DECLARATION = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")
-SECTIONS = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "diagnostics": DiagnosticsConfig}
+SECTIONS = {
+    "trainer": TrainerConfig,
+    "evaluation": EvaluationConfig,
+    "diagnostics": DiagnosticsConfig,
+    "search": SearchConfig,
+}
 # fields no source line declares: the group's selector, the command, the NFE budget settings_schema adds
 GENERATED = {
     "name": "the option chosen (the group's name)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import random
 import signal
 import threading
@@ -164,6 +165,16 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
 
 
+def seed_lr(eta: float, t: float, schedule, dataset) -> float:
+    """The learning rate whose gradient step on the ε loss at noise level t is a step of size
+    ``eta`` on the seed's score loss (Shah, Chen & Klivans 2023): the ε loss is σ²/d times the
+    score loss and the student's parameter is θ = αμ, so η = 2·lr·α²σ²/d (the seed's gradient
+    omits the square's 2), i.e. lr = η·d/(2α²σ²)."""
+    alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
+    d = math.prod(dataset.sample_shape)
+    return eta * d / (2 * alpha**2 * sigma**2)
+
+
 class Trainer:
     def __init__(
         self,
@@ -189,11 +200,12 @@ class Trainer:
         self.config_dict = config_dict
         self.tracker = tracker
         tc = self.cfg
+        self.lr = tc.lr if tc.eta_seed is None else seed_lr(tc.eta_seed, tc.fixed_t, schedule, dataset)
         if tc.optimizer == "sgd":  # plain gradient descent, no momentum
-            self.optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, weight_decay=tc.weight_decay)
         else:  # fused: one kernel for the whole update on CUDA (the unfused path launches per tensor group)
             self.optimizer = torch.optim.AdamW(
-                model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
+                model.parameters(), lr=self.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
             )
         self.generator = torch.Generator(device=device).manual_seed(stream_seed(run.seed, Stream.TRAINING_NOISE))
         self.objective = build_objective(tc, dataset, schedule, self.ema, run.seed, device)
@@ -292,7 +304,7 @@ class Trainer:
         autocast), clipped; returns (mean loss, learning rate). The caller checks the loss and
         steps the optimizer, so a non-finite loss never reaches the weights."""
         tc = self.cfg
-        lr = tc.lr * min(1.0, (self.step + 1) / tc.warmup_steps) if tc.warmup_steps else tc.lr
+        lr = self.lr * min(1.0, (self.step + 1) / tc.warmup_steps) if tc.warmup_steps else self.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def main() -> None:
     write_table(rows, COLUMNS, out / "rtk_family", "RTK samplers on a family of mixtures at a budget of NFE", note)
     print(note)
     if args.docs:
-        write_docs_page(args.docs, "scripts/rtk_mog_family.py", [out / "rtk_family.md"])
+        write_docs_page(args.docs, " ".join(["python", *sys.argv]), [out / "rtk_family.md"], [], [])
 
 
 if __name__ == "__main__":

@@ -160,3 +160,34 @@ def test_sampling_start_draws_atom_counts_from_the_prior_in_the_zero_com_space(r
     part_noise = SampleNoise(0, range(10, 20))
     part, part_space, _ = ds.sampling_start(part_noise)
     assert torch.equal(part, x_T[10:20]) and torch.equal(part_space.mask, space.mask[10:20])
+
+
+def test_a_cache_file_is_a_source_elsewhere_and_a_bad_one_is_named(real_table, tmp_path, monkeypatch):
+    """source=npz: the QM9 cache copied to a machine without qm9pack (the GPU bench's route)
+    serves the same molecules; a file that is not a table stops with the path and the fix."""
+    from rtkrun.bench.presets import PRESETS, Parts
+    from rtkrun.errors import RtkrunError
+
+    monkeypatch.setenv("RTKRUN_CACHE", str(tmp_path / "cache"))
+    tarball = build_qm9_fixture(tmp_path / "qm9", pick_molecules(real_table, 20))
+    built = qm9.load_table(qm9.QM9Config(source="figshare", root=str(tarball)))
+    (cache,) = (tmp_path / "cache").glob("qm9_figshare_*.npz")
+    copied = tmp_path / "elsewhere" / "molecules.npz"
+    copied.parent.mkdir()
+    copied.write_bytes(cache.read_bytes())
+    table = qm9.load_table(qm9.QM9Config(source="npz", root=str(copied)))
+    assert qm9.table_digest(table) == qm9.table_digest(built) and len(table.numbers) == 20
+    data = bytearray(copied.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copied.write_bytes(bytes(data))
+    with pytest.raises(RtkrunError, match=r"molecules\.npz is not a molecule table .*dataset\.source=qm9pack"):
+        qm9.load_table(qm9.QM9Config(source="npz", root=str(copied)))
+    with pytest.raises(RtkrunError, match="source=npz needs dataset.root"):
+        qm9.QM9Config(source="npz")
+    copied.write_bytes(cache.read_bytes())
+    case = next(c for c in PRESETS["tiny"] if c.dataset == "qm9")
+    parts = Parts(case, torch.device("cpu"), molecules=str(copied))
+    try:
+        assert (parts.run.dataset.source, parts.run.dataset.root) == ("npz", str(copied))
+    finally:
+        parts.close()

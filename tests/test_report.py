@@ -109,7 +109,7 @@ def test_report_command_sorts_runs_into_tables(tmp_path):
             assert (out / f"{name}{suffix}").is_file(), name + suffix
     assert "large" in (out / "T6.md").read_text()
     assert "failed or unfinished" in (out / "T1_T2.md").read_text()  # never silently dropped
-    assert "uniform 0.50" in (out / "T7.md").read_text()  # 16 → 32 steps over 8 → 32: exponent 1/2
+    assert "ddpm uniform at horizon n/a: 0.50" in (out / "T7.md").read_text()  # 16 → 32 steps over 8 → 32: d^(1/2)
     assert "\\begin{tabular}" in (out / "T6.tex").read_text()
     metrics = _json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["rows/T6"] == 1 and metrics["rows/T7"] == 2 and metrics["rows/T1_T2"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from rtkrun.commands.run import run_command
@@ -68,7 +69,7 @@ def _regime(tmp_path, name, t, eta, init, scale, steps):
     overrides = [
         "experiment=t6_mog",
         f"trainer.fixed_t={t}",
-        f"trainer.lr={eta * 16 / (2 * alpha**2 * sigma**2)}",
+        f"trainer.eta_seed={eta}",  # the seed's step size; the trainer sets lr from it
         f"trainer.max_steps={steps}",
         f"model.init={init}",
         f"model.init_scale={scale}",
@@ -80,7 +81,21 @@ def _regime(tmp_path, name, t, eta, init, scale, steps):
     from omegaconf import OmegaConf
 
     OmegaConf.save(compose_cfg("train", overrides), run_dir / ".hydra" / "config.yaml")
-    return t6_row(run_dir)
+    import json
+
+    logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["lr"]
+    assert logged == pytest.approx(eta * 16 / (2 * alpha**2 * sigma**2), rel=1e-12)  # η = 2·lr·α²σ²/d
+    row = t6_row(run_dir)
+    assert row["eta_seed"] == pytest.approx(eta, rel=1e-12)
+    return row
+
+
+def test_eta_seed_needs_one_noise_level():
+    from rtkrun.config import validate
+    from rtkrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eta_seed sets lr at one noise level"):
+        validate(compose_cfg("train", ["trainer.eta_seed=0.3"]))
 
 
 def test_large_noise_contracts_the_angle_and_small_noise_the_distance(tmp_path):

@@ -96,11 +96,13 @@ class Parts:
     """A case's run config, dataset, schedule and model on ``device``; temporary files (fake
     CIFAR-10, the trainer's run directory) live until ``close``."""
 
-    def __init__(self, case: Case, device: torch.device, seed: int = 0) -> None:
+    def __init__(self, case: Case, device: torch.device, seed: int = 0, molecules: str | None = None) -> None:
         self.case, self.device = case, device
         self._tmp = tempfile.TemporaryDirectory(prefix="rtkrun-bench-")
         self.tmp = Path(self._tmp.name)
         overrides = [f"dataset={case.dataset}", *case.overrides, f"trainer.batch_size={case.train_batch}"]
+        if molecules is not None and case.dataset == "qm9":  # a machine without qm9pack
+            overrides += ["dataset.source=npz", f"dataset.root={molecules}"]
         if case.fake_images:
             write_fake_cifar10(self.tmp / "cifar10", case.fake_images)
             overrides += [f"dataset.root={self.tmp / 'cifar10'}", "dataset.verify=never"]

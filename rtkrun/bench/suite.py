@@ -51,11 +51,12 @@ def run_suite(
     repeats: int,
     compile_models: bool,
     seed: int = 0,
+    molecules: str | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in sections}
     for case in [c for c in PRESETS[preset] if c.dataset in datasets]:
-        parts = Parts(case, device, seed)
+        parts = Parts(case, device, seed, molecules)
         try:
             for name in sections:
                 progress(f"{name}: {parts.name}")

@@ -38,6 +38,9 @@ COMMANDS = {
         Command("sample", "sample a checkpoint (ckpt=...) or an exact model with any sampler, and score it"),
         Command("evaluate", "score saved samples (samples=...)"),
         Command("diagnose", "regularity of the DDDM map along sampler trajectories and at data-derived x_t"),
+        Command(
+            "search", "T7: the fewest sampler steps that reach the exact sampler's quality (dataset=mog, exact score)"
+        ),
         Command("report", "collect run directories (runs=...) into the paper's tables and figures"),
         Command("bench", "time training, samplers, diagnostics and layouts against references (preset=tiny|reference)"),
     )

@@ -46,6 +46,7 @@ def bench(run, run_dir: Path) -> dict[str, Any]:
         repeats=run.repeats,
         compile_models=compile_models,
         seed=run.seed,
+        molecules=run.molecules,
     )
     result["provenance"] = provenance(run)
     text = markdown(result)

@@ -11,11 +11,22 @@ from typing import Any
 from rtkrun import runs as run_files
 from rtkrun.errors import RtkrunError
 from rtkrun.report import TABLES
-from rtkrun.report.output import write_table
-from rtkrun.report.rows import damage, find_runs, run_config
+from rtkrun.report.output import write_docs_page, write_table
+from rtkrun.report.rows import commands_that_made, damage, find_runs, run_config
 from rtkrun.rundir import provenance
 
 log = logging.getLogger("rtkrun")
+
+
+def command_line() -> str:
+    """``rtkrun report`` with this job's overrides, as typed (for a docs page's header)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # called outside a Hydra job (tests)
+        overrides = []
+    return " ".join(["rtkrun report", *overrides])
 
 
 def report(run, run_dir: Path) -> dict[str, Any]:
@@ -51,6 +62,12 @@ def report(run, run_dir: Path) -> dict[str, Any]:
         write_table(damaged, ["directory", "problem"], out / "damaged", "Run directories left out: damaged files")
     if not written:
         raise RtkrunError(f"no run directories under {', '.join(map(str, roots))} feed a table (T1–T8)")
+    if run.docs is not None:
+        stems = [out / name for name in written if "/" not in name]
+        figures = [p.with_suffix(".png") for p in stems if p.with_suffix(".png").exists()]
+        made_by = commands_that_made([p for dirs in feeds.values() for p in dirs])
+        write_docs_page(run.docs, command_line(), [p.with_suffix(".md") for p in stems], figures, made_by)
+        log.info("docs page %s", run.docs)
     metrics = {"status": "complete", **provenance(run), "out": str(out), "skipped": skipped}
     metrics["damaged"] = len(damaged)
     metrics.update({f"rows/{k}": v for k, v in written.items()})

@@ -37,7 +37,7 @@ from rtkrun.data.qm9_files import (
     read_qm9pack,
 )
 from rtkrun.diffusion.subspace import centre
-from rtkrun.errors import ConfigError
+from rtkrun.errors import ConfigError, RtkrunError
 from rtkrun.metrics import molecules
 
 log = logging.getLogger("rtkrun")
@@ -53,17 +53,19 @@ NUMBER_OF_TYPE = torch.tensor([ATOMIC_NUMBER[e] for e in ELEMENTS])
 @dataclass
 class QM9Config:
     name: str = "qm9"
-    source: str = "qm9pack"  # qm9pack (PyPI, offline) | figshare (root: xyz directory or tarball)
-    root: str | None = None  # figshare: the xyz directory or tarball
+    source: str = "qm9pack"  # qm9pack (PyPI, offline) | figshare (root: xyz directory or tarball) | npz (root: a table)
+    root: str | None = None  # figshare: the xyz directory or tarball; npz: a molecule table (rtkrun's QM9 cache file)
     split: str = "train"  # train | valid | test
     limit: int | None = None  # first n molecules of the split (debugging, tests)
     rebuild_cache: bool = False  # re-parse instead of reading the cached table
 
     def __post_init__(self) -> None:
-        if self.source not in ("qm9pack", "figshare"):
-            raise ConfigError(f"source={self.source!r} is unknown; choose qm9pack or figshare")
+        if self.source not in ("qm9pack", "figshare", "npz"):
+            raise ConfigError(f"source={self.source!r} is unknown; choose qm9pack, figshare or npz")
         if self.source == "figshare" and not self.root:
             raise ConfigError("source=figshare needs dataset.root=<directory of xyz files or dsgdb9nsd.xyz.tar.bz2>")
+        if self.source == "npz" and not self.root:
+            raise ConfigError("source=npz needs dataset.root=<a molecule table .npz, e.g. rtkrun's QM9 cache file>")
         if self.split not in SPLITS:
             raise ConfigError(f"split={self.split!r} is unknown; choose train, valid or test")
         if self.limit is not None and self.limit < 1:
@@ -99,16 +101,32 @@ def _source_key(cfg: QM9Config) -> str:
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def read_table(path: Path) -> MoleculeTable:
+    """A molecule table .npz (the cache's format: the table's fields and their digest), checked.
+    Raises ValueError (and the errors of a damaged file) when it does not hold one."""
+    with np.load(path) as f:
+        table, digest = MoleculeTable(*(f[k] for k in FIELDS)), str(f["digest"])
+    if table_digest(table) != digest:
+        raise ValueError("its molecules fail their digest check")
+    return table
+
+
 def load_table(cfg: QM9Config) -> MoleculeTable:
-    """All characterised molecules of the configured source, from the cache when it is valid."""
+    """All characterised molecules of the configured source, from the cache when it is valid
+    (``source=npz``: the given table itself, e.g. a cache file copied to a machine without qm9pack)."""
+    if cfg.source == "npz":
+        root = Path(cfg.root).expanduser()
+        try:
+            return read_table(root)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise RtkrunError(
+                f"dataset.root={root} is not a molecule table ({e}); pass a QM9 cache file "
+                f"({runs.cache_dir()}/qm9_qm9pack_*.npz) or use dataset.source=qm9pack"
+            ) from None
     path = runs.cache_dir() / f"qm9_{cfg.source}_{_source_key(cfg)}.npz"
     if path.is_file() and not cfg.rebuild_cache:
         try:
-            with np.load(path) as f:
-                table, digest = MoleculeTable(*(f[k] for k in FIELDS)), str(f["digest"])
-            if table_digest(table) == digest:
-                return table
-            log.warning("%s fails its digest check; rebuilding it", path)
+            return read_table(path)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             log.warning("%s is unreadable (%s); rebuilding it", path, e)
     log.info("reading QM9 from %s (once; cached as %s)", cfg.source, path)

@@ -119,3 +119,39 @@ def dim_order(data: str) -> tuple:
     """mog d=2 before mog d=16 (numerically), then the rest by name."""
     found = re.match(r"mog d=(\d+)", data)
     return (0, int(found.group(1)), "") if found else (1, 0, data)
+
+
+def commands_that_made(run_dirs: list[Path]) -> list[str]:
+    """The rtkrun command lines that made these run directories: each run's own overrides
+    (``.hydra/overrides.yaml``), with runs that differ in one setting only merged into a sweep
+    (``-m key=a,b``) until none can be; each line expands to exactly its runs. Directories
+    without a Hydra record (older step searches) are skipped."""
+    runs_seen: set[tuple] = set()
+    for run_dir in run_dirs:
+        if not (run_dir / ".hydra" / "overrides.yaml").is_file():
+            continue
+        command = str(OmegaConf.load(run_dir / ".hydra" / "config.yaml").get("command"))
+        overrides = dict(o.split("=", 1) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+        runs_seen.add((command, tuple(sorted((k, (v,)) for k, v in overrides.items()))))
+    lines = set(runs_seen)
+    merged = True
+    while merged:
+        merged = False
+        for key in sorted({k for _, items in lines for k, _ in items}):
+            groups: dict[tuple, list[tuple]] = {}
+            for command, items in lines:
+                rest = tuple(i for i in items if i[0] != key)
+                if len(rest) < len(items):
+                    groups.setdefault((command, rest), []).append(dict(items)[key])
+            for (command, rest), values in groups.items():
+                if len(values) > 1:
+                    for v in values:
+                        lines.discard((command, tuple(sorted((*rest, (key, v))))))
+                    joined = tuple(sorted({x for v in values for x in v}, key=natural_key))
+                    lines.add((command, tuple(sorted((*rest, (key, joined))))))
+                    merged = True
+    shown = []
+    for command, items in sorted(lines):
+        sweep = ["-m"] if any(len(v) > 1 for _, v in items) else []
+        shown.append(" ".join(["rtkrun", command, *sweep, *(f"{k}={','.join(v)}" for k, v in items)]))
+    return shown

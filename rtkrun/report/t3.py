@@ -34,6 +34,10 @@ T3_COLUMNS = [
 
 
 T3_NOTE = (
+    "Per row: the median over the points at one noise level t, along the DDDM sampler's trajectory or at "
+    "data-derived x_t; sigma = sqrt(1 - alpha_bar_t). `certified`: the corrected margin "
+    "((1-L)+^2 - R sqrt(B_sq))/sigma^2 > 0; `paper_false_claims`: the paper's margin ((1-L)^2 - R B_sq)/sigma^2 "
+    "> 0 where the true lambda_min <= 0. "
     "`estimator=exact`: every column is exact (float64 Jacobians and Hessians). `estimator=lanczos` "
     "(matrix-free, large d): `L` is the Golub–Kahan–Lanczos estimate, a lower bound of ‖J‖₂; `sigma_min` "
     "and `true` are Lanczos Ritz values, upper bounds of σ_min(I + J) and λ_min(∇²g); `B_sq` is the "

@@ -1,6 +1,7 @@
-"""T7: the DDPM steps a dimension needs with the exact score, from the step-search directories
-``scripts/make_t7.py`` writes (``metrics.json`` with the search's curve), with the fitted exponent
-of steps ∝ d^k per grid."""
+"""T7: the DDPM steps a dimension needs with the exact score, from ``rtkrun search`` runs
+(``metrics.json`` with the search's curve; step-search directories written before the command
+existed have no Hydra config and are read the same way), with the fitted exponent of
+steps ∝ d^k per (sampler, grid, horizon) and the figure of steps against d."""
 
 from __future__ import annotations
 
@@ -9,15 +10,30 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rtkrun.report.output import write_table
+from rtkrun.report.output import pyplot, write_table
 from rtkrun.runs import DamagedFile, read_json_object
 
 NAME = "T7"
-T7_COLUMNS = ["dim", "grid", "horizon", "steps", "quality_ratio", "evaluations", "n", "seeds", "tol", "run_dir"]
+T7_COLUMNS = [
+    "dim",
+    "sampler",
+    "grid",
+    "horizon",
+    "steps",
+    "quality_ratio",
+    "evaluations",
+    "n",
+    "seeds",
+    "tol",
+    "run_dir",
+]
 
 
 def matches(run_dir: Path, cfg: dict[str, Any] | None) -> bool:
-    """A step-search directory (``metrics.json`` with a grid and a curve; no Hydra config)."""
+    """An ``rtkrun search`` run, or an older step-search directory (``metrics.json`` with a grid
+    and a curve; no Hydra config)."""
+    if cfg is not None:
+        return cfg.get("command") == "search"
     try:
         m = read_json_object(run_dir / "metrics.json")
     except DamagedFile:
@@ -26,7 +42,42 @@ def matches(run_dir: Path, cfg: dict[str, Any] | None) -> bool:
 
 
 def t7_row(run_dir: Path) -> dict[str, Any]:
-    return {**json.loads((run_dir / "metrics.json").read_text()), "run_dir": str(run_dir)}
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return {"steps": None, "status": "failed or unfinished", "run_dir": str(run_dir)}
+    return {"sampler": "ddpm", **json.loads(path.read_text()), "run_dir": str(run_dir)}
+
+
+def _shown(horizon: float | None) -> str:
+    return "n/a" if horizon is None else f"{horizon:g}"  # step searches made before horizons were recorded
+
+
+def _series(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows per (sampler, grid, horizon): one exponent and one line of the figure each."""
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("grid") is not None:
+            out.setdefault((r["sampler"], r["grid"], r.get("horizon")), []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: tuple(map(str, kv[0]))))
+
+
+def plot_steps_vs_dim(series: dict[tuple, list[dict[str, Any]]], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for (sampler, grid, horizon), rows in series.items():
+        pts = sorted((r["dim"], r["steps"]) for r in rows if r.get("steps"))
+        if pts:
+            slope = fit_exponent(rows)
+            label = f"{sampler}, {grid}, horizon {_shown(horizon)}" + (
+                f" (slope {slope:.2f})" if slope is not None else ""
+            )
+            ax.loglog(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel("dimension d")
+    ax.set_ylabel("steps to reach the target")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def fit_exponent(rows: list[dict[str, Any]]) -> float | None:
@@ -39,11 +90,25 @@ def fit_exponent(rows: list[dict[str, Any]]) -> float | None:
 
 
 def write(run_dirs: list[Path], out: Path) -> dict[str, Any]:
-    rows = [t7_row(p) for p in run_dirs]
-    grids = sorted({r["grid"] for r in rows})
-    fits = {g: fit_exponent([r for r in rows if r["grid"] == g]) for g in grids}
-    note = "Fitted exponents (steps ∝ d^k): " + ", ".join(
-        f"{g} {k:.2f}" if k is not None else f"{g} n/a" for g, k in fits.items()
+    rows = sorted(
+        (t7_row(p) for p in run_dirs),
+        key=lambda r: (str(r.get("sampler")), str(r.get("grid")), r.get("horizon") or 0, r.get("dim") or 0),
+    )
+    series = _series(rows)
+    fits = {key: fit_exponent(group) for key, group in series.items()}
+    first = next((r for r in rows if r.get("grid") is not None), {})
+    note = (
+        f"Exact MoG denoiser; target: sliced W2 to the exact mixture <= {1 + first.get('tol', 1.0):g} x the exact "
+        f"sampler's value at n = {first.get('n')} (mean of {first.get('seeds')} sample sets, the same at every "
+        "step count); `horizon` is the OU horizon −log α(t_max). Fitted exponents (steps ∝ d^k): "
+        + ", ".join(
+            f"{s} {g} at horizon {_shown(h)}: " + (f"{k:.2f}" if k is not None else "n/a")
+            for (s, g, h), k in fits.items()
+        )
+        + "."
     )
     write_table(rows, T7_COLUMNS, out / NAME, "T7: DDPM steps vs dimension with the exact score", note)
-    return {NAME: len(rows), **{f"T7/exponent/{g}": k for g, k in fits.items()}}
+    if series:
+        plot_steps_vs_dim(series, out / f"{NAME}.png")
+    exponents = {f"T7/exponent/{s}/{g}/{_shown(h)}": k for (s, g, h), k in fits.items()}
+    return {NAME: len(rows), **exponents}
