@@ -316,7 +316,7 @@ class BenchRun:
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     preset: str = "tiny"  # tiny (CPU-sized models, the smoke test) | reference (the paper's sizes)
     datasets: list[str] = field(default_factory=lambda: ["mog", "qm9", "cifar10"])  # which datasets' cases to time
-    # which sections to run: training | sampling | noise | diagnostics | egnn | precision
+    # which sections to run: training | sampling | noise | diagnostics | estimators | egnn | precision
     sections: list[str] = field(default_factory=lambda: list(BENCH_SECTIONS))
     warmup: int = 2  # untimed calls before each measurement
     repeats: int = 5  # timed repeats (the median is reported)
@@ -376,7 +376,15 @@ def _positive(obj: Any, key: str) -> None:
 
 
 NOISE_KINDS = tuple(NOISE)  # per-sample streams
-BENCH_SECTIONS = ("training", "sampling", "noise", "diagnostics", "egnn", "precision")  # rtkrun/bench/<section>.py
+BENCH_SECTIONS = (
+    "training",
+    "sampling",
+    "noise",
+    "diagnostics",
+    "estimators",
+    "egnn",
+    "precision",
+)  # rtkrun/bench/<section>.py
 SEED_MAX = 2**63 - 1  # torch.manual_seed and SeedSequence both take it
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 

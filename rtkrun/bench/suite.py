@@ -15,6 +15,7 @@ import torch
 
 from rtkrun.bench.diagnostics import bench_diagnostics
 from rtkrun.bench.egnn import bench_egnn
+from rtkrun.bench.estimators import bench_estimators
 from rtkrun.bench.noise import bench_noise
 from rtkrun.bench.precision import bench_precision
 from rtkrun.bench.presets import PRESETS, Parts
@@ -25,6 +26,7 @@ from rtkrun.config import BENCH_SECTIONS
 
 log = logging.getLogger("rtkrun.bench")
 SECTIONS = BENCH_SECTIONS
+CASE_FREE = ("estimators",)  # sections on fixed maps of their own, run once rather than per dataset
 
 
 def _section(name: str, parts: Parts, warmup: int, repeats: int, compile_models: bool) -> list[dict[str, Any]]:
@@ -55,10 +57,13 @@ def run_suite(
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in sections}
+    if "estimators" in sections:
+        progress("estimators: fixed MLP, conv and U-Net maps")
+        results["estimators"] = bench_estimators(preset, device, warmup=warmup, repeats=repeats)
     for case in [c for c in PRESETS[preset] if c.dataset in datasets]:
         parts = Parts(case, device, seed, molecules)
         try:
-            for name in sections:
+            for name in [s for s in sections if s not in CASE_FREE]:
                 progress(f"{name}: {parts.name}")
                 results[name] += _section(name, parts, warmup, repeats, compile_models)
         finally:
@@ -131,6 +136,17 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {  # section -> (key, header, f
         ("speedup_vs_exact", "speed-up vs exact", "x"),
         ("peak_mib", "peak MiB", ""),
     ],
+    "estimators": [
+        ("model", "map", ""),
+        ("dim", "d", "int"),
+        ("estimator", "estimator", ""),
+        ("batch", "batch", "int"),
+        ("seconds", "seconds", ""),
+        ("forward_equivalents", "forward equivalents", "int"),
+        ("rel_error", "‖J‖₂ rel. error", ""),
+        ("iterations", "iterations", "int"),
+        ("speedup_vs_exact", "speed-up vs exact", "x"),
+    ],
     "egnn": [
         ("case", "case", ""),
         ("purpose", "call", ""),
@@ -157,6 +173,7 @@ TITLES = {
     "sampling": "Sampler overhead: time per NFE over one bare network call",
     "noise": "Per-sample noise streams: set-up and one draw (cpu_streams vs philox)",
     "diagnostics": "Diagnostics cost per point: matrix-free vs exact",
+    "estimators": "Regularity estimators: cost and ‖J‖₂ accuracy against the exact float64 path",
     "egnn": "EGNN layouts against the edge-list reference",
     "precision": "bf16 and torch.compile against fp32 eager",
 }

@@ -121,15 +121,29 @@ def dim_order(data: str) -> tuple:
     return (0, int(found.group(1)), "") if found else (1, 0, data)
 
 
+def _with_trained_inputs(run_dirs: list[Path]) -> list[Path]:
+    """The run directories with a Hydra record, preceded by the train runs their ``ckpt`` names
+    (a diagnose or sample run's model was made by a command too)."""
+    recorded = [p for p in run_dirs if (p / ".hydra" / "overrides.yaml").is_file()]
+    trained = []
+    for run_dir in recorded:
+        ckpt = OmegaConf.load(run_dir / ".hydra" / "config.yaml").get("ckpt")
+        if ckpt:
+            path = Path(str(ckpt))
+            for candidate in (path, path.parent.parent):  # a run directory, or its checkpoints/last.pt
+                if (candidate / ".hydra" / "overrides.yaml").is_file() and candidate not in trained:
+                    trained.append(candidate)
+                    break
+    return trained + recorded
+
+
 def commands_that_made(run_dirs: list[Path]) -> list[str]:
     """The rtkrun command lines that made these run directories: each run's own overrides
     (``.hydra/overrides.yaml``), with runs that differ in one setting only merged into a sweep
-    (``-m key=a,b``) until none can be; each line expands to exactly its runs. Directories
-    without a Hydra record (older step searches) are skipped."""
+    (``-m key=a,b``) until none can be; each line expands to exactly its runs. The train runs a
+    ``ckpt`` names come too; directories without a Hydra record (older step searches) do not."""
     runs_seen: set[tuple] = set()
-    for run_dir in run_dirs:
-        if not (run_dir / ".hydra" / "overrides.yaml").is_file():
-            continue
+    for run_dir in _with_trained_inputs(run_dirs):
         command = str(OmegaConf.load(run_dir / ".hydra" / "config.yaml").get("command"))
         overrides = dict(o.split("=", 1) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
         runs_seen.add((command, tuple(sorted((k, (v,)) for k, v in overrides.items()))))
