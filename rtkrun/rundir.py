@@ -11,7 +11,7 @@ refuses, in one line, anything that would replace or falsify it:
   in :data:`MAY_CHANGE` may differ: for ``train`` those that resume or extend a run (more steps,
   a new evaluation), elsewhere those that say how a job runs, not what it computes.
 - ``train`` refuses ``trainer.max_steps`` below the steps already trained.
-- A finished ``sample``/``evaluate``/``diagnose`` job is skipped when its metrics were computed
+- A finished ``sample``/``evaluate``/``diagnose``/``search`` job is skipped when its metrics were computed
   from the same config and the same input (the checkpoint's or samples file's SHA-1), so a
   re-launched sweep runs only what is missing or stale; stale results are recomputed, with a
   warning naming what changed.
@@ -63,10 +63,11 @@ MAY_CHANGE: dict[str, tuple[str, ...]] = {
     + LABELS,
     "evaluate": ("device", "logger", "evaluation.batch_size", "evaluation.fid_batch_size", *LABELS),
     "diagnose": ("device", "logger", *LABELS),
+    "search": ("device", "logger", *LABELS),
     "report": EVERYTHING,
     "bench": EVERYTHING,
 }
-SKIPPABLE = ("sample", "evaluate", "diagnose")  # train resumes; report and bench always regenerate
+SKIPPABLE = ("sample", "evaluate", "diagnose", "search")  # train resumes; report and bench always regenerate
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

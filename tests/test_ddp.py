@@ -106,6 +106,7 @@ def test_sampling_split_over_two_processes_gives_the_one_process_samples(tmp_pat
     }
 
 
+@pytest.mark.slow  # the split itself is test_sampling_split_over_two_processes_gives_the_one_process_samples
 def test_evaluation_after_training_is_split_over_the_processes(tmp_path):
     """`torchrun … rtkrun train`: every rank samples a block of each evaluation sampler and rank 0
     scores; the samples are those one process draws from the same checkpoint."""

@@ -18,11 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def rtkrun_lines(target: str) -> list[list[str]]:
     """The rtkrun command lines `make -n TARGET` would run, as argument lists."""
     text = subprocess.run(
-        ["make", "-n", "--no-print-directory", target, "RTKRUN=rtkrun", "STAMP=Makefile"],
+        ["make", "-n", "--no-print-directory", target, "RTKRUN=rtkrun", "-o", ".venv/.installed"],  # not install
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
+        timeout=60,
     ).stdout.replace("\\\n", " ")
     return [shlex.split(line)[1:] for line in text.splitlines() if line.startswith("rtkrun ")]
 

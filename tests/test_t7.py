@@ -93,6 +93,9 @@ def test_search_command_finds_the_first_passing_step_count_and_report_fits_it(tm
             "search", *common, f"dataset.dim={d}", f"hydra.run.dir={tmp_path / 'runs' / f'd{d}'}", cwd=tmp_path
         )
         assert proc.returncode == 0, proc.stderr
+    stamp = (tmp_path / "runs" / "d2" / "metrics.json").stat().st_mtime_ns
+    again = run_cli("search", *common, "dataset.dim=2", f"hydra.run.dir={tmp_path / 'runs' / 'd2'}", cwd=tmp_path)
+    assert again.returncode == 0 and (tmp_path / "runs" / "d2" / "metrics.json").stat().st_mtime_ns == stamp  # skipped
     m = json.loads((tmp_path / "runs" / "d2" / "metrics.json").read_text())
     assert m["status"] == "complete" and m["grid"] == "uniform" and m["horizon"] == pytest.approx(5.0, abs=1e-3)
     curve = {int(k): v for k, v in m["curve"].items()}
