@@ -1,5 +1,6 @@
 """The table collector reads run directories only and never drops a failed job."""
 
+import csv
 import json
 
 import pytest
@@ -175,3 +176,29 @@ def test_docs_and_configs_point_only_inside_the_repository():
             for target in re.findall(r"\]\(([^)#\s]+)\)", text):
                 if "://" not in target:
                     assert (path.parent / target).exists(), (path, target)
+
+
+def test_rows_are_labelled_by_the_settings_the_runs_used(tmp_path):
+    """T1/T2 labels come from metrics.json's effective settings: a budget that cut DDDM's levels
+    shows the levels that ran, and a swept setting keeps its label where it equals the default
+    (RTK-MALA's step_size 0.5), while an unswept default stays out of the label."""
+    from tests.conftest import run_cli
+
+    small = ["n_samples=200", "batch_size=200", "evaluation.w2_max_n=200", "evaluation.mmd_max_n=200"]
+    root = tmp_path / "runs"
+    for step in ("0.25", "0.5"):
+        proc = run_cli(
+            "sample", "model=mog_oracle", "sampler=rtk_mala", f"sampler.step_size={step}", "sampler.nfe=20", *small,
+            f"hydra.run.dir={root / f'rtk_{step}'}", cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    proc = run_cli(
+        "sample", "model=mog_flow_oracle", "model.ode_steps=10", "sampler=dddm", "sampler.levels=5", "sampler.nfe=2",
+        *small, f"hydra.run.dir={root / 'dddm'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "tables"
+    assert run_cli("report", f"runs={root}", f"out={out}", cwd=tmp_path).returncode == 0
+    rows = {r["run_dir"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(out / "T1_T2.csv"))}
+    assert rows["dddm"]["variant"] == "levels=2"  # the budget of 2 NFE ran 2 levels, not the 5 asked for
+    assert rows["rtk_0.25"]["variant"] == "step_size=0.25" and rows["rtk_0.5"]["variant"] == "step_size=0.5"

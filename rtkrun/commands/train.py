@@ -195,7 +195,7 @@ def _evaluate_model(run, prefix: str, model, steps: int, metrics: dict[str, Any]
                 extras=info["extras"],
             )
             tracker.image(f"samples/{label}", run_dir / "samples" / f"{label}.png", caption=dataset.describe(scores))
-        found = {**scores, **flatten("stats", recorded_stats(info["stats"]))}
+        found = {**scores, **flatten("stats", recorded_stats(info["stats"])), **flatten("settings", info["settings"])}
         found.update(nfe=info["nfe"], seconds=info["seconds"], config_sha1=wanted)
         metrics.update(flatten(key, found))
         runs.write_json(metrics_path, metrics)  # a kill in the next sampler keeps this one

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -45,10 +46,52 @@ def run_config(run_dir: Path, resolve: bool = False) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=resolve)
 
 
-def variant(sampler: dict[str, Any]) -> str:
-    parts = [f"{k}={sampler[k]}" for k in VARIANT_KEYS if sampler.get(k) not in (None, "")]
-    defaults = {"solver=heun", "target=score", "eta=0.0", "levels=1"}
-    return " ".join(p for p in parts if p not in defaults)
+def sampler_defaults(name: str | None) -> dict[str, Any]:
+    """The defaults of sampler ``name``'s settings (its function's keyword defaults); {} if unknown."""
+    from rtkrun.samplers import SAMPLERS
+
+    if name not in SAMPLERS:
+        return {}
+    fields = dataclasses.fields(SAMPLERS[name].schema)
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
+def used_settings(sampler: dict[str, Any], settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``VARIANT_KEYS`` settings a run used: the effective ones metrics.json recorded
+    (``settings/…``, after an NFE budget was fitted) where present, else the config's."""
+    settings = settings or {}
+    used = {k: settings.get(k, sampler.get(k)) for k in VARIANT_KEYS}
+    return {k: v for k, v in used.items() if v not in (None, "")}
+
+
+def _label_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def variant(
+    sampler: dict[str, Any], settings: dict[str, Any] | None = None, shown: set[str] | frozenset = frozenset()
+) -> str:
+    """What tells a sampler's rows apart: each setting it used that differs from the sampler's
+    default, and each setting in ``shown`` (those that vary among a table's rows of this sampler,
+    so a swept value keeps its label even where it equals the default)."""
+    defaults = sampler_defaults(sampler.get("name"))
+    used = used_settings(sampler, settings)
+    missing = object()
+    return " ".join(f"{k}={_label_value(v)}" for k, v in used.items() if k in shown or defaults.get(k, missing) != v)
+
+
+def varying_settings(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Per sampler, the settings (of each row's ``used``) that take two or more values in ``rows``."""
+    values: dict[str, dict[str, set[str]]] = {}
+    for r in rows:
+        for k, v in (r.get("used") or {}).items():
+            values.setdefault(str(r.get("sampler")), {}).setdefault(k, set()).add(_label_value(v))
+    return {name: {k for k, seen in keys.items() if len(seen) > 1} for name, keys in values.items()}
+
+
+def prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The metrics under ``prefix`` with the prefix removed."""
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def round3(v: float | None) -> float | None:
@@ -72,11 +115,12 @@ def scored_rows(run_dir: Path) -> list[dict[str, Any]]:
     base["status"] = m.get("status")
 
     def scores(prefix: str) -> dict[str, Any]:
-        return {k.removeprefix(prefix): v for k, v in m.items() if k.startswith(prefix)}
+        return prefixed(m, prefix)
 
     if command == "sample":
         sampler = cfg["sampler"]
-        row = {"source": "rtkrun", "sampler": sampler["name"], "variant": variant(sampler), "nfe": m.get("nfe")}
+        label = variant(sampler, prefixed(m, "settings/"))
+        row = {"source": "rtkrun", "sampler": sampler["name"], "variant": label, "nfe": m.get("nfe")}
         return [{**base, **row, "seconds": m.get("seconds"), "scores": scores("sample/")}]
     if command == "evaluate":
         data = str(m.get("samples", "")).startswith("data:")
@@ -85,7 +129,8 @@ def scored_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for label, sampler in (cfg.get("evaluation") or {}).get("samplers", {}).items():
         found = scores(f"eval/{label}/")
-        row = {"source": f"rtkrun: train/{label}", "sampler": sampler.get("name"), "variant": variant(sampler)}
+        used = variant(sampler, prefixed(found, "settings/"))
+        row = {"source": f"rtkrun: train/{label}", "sampler": sampler.get("name"), "variant": used}
         rows.append({**base, **row, "nfe": found.get("nfe"), "seconds": found.get("seconds"), "scores": found})
     return rows
 

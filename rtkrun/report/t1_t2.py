@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rtkrun.report.output import plot_quality_vs_nfe, plot_swept, write_table
-from rtkrun.report.rows import natural_key, round3, run_config, variant
+from rtkrun.report.rows import natural_key, prefixed, round3, run_config, used_settings, variant, varying_settings
 
 NAME = "T1_T2"
 SWEPT = ("step_size", "segment_length", "levels", "eta")  # sampler settings a sweep varies
@@ -62,7 +62,7 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
         "model": "learned" if cfg.get("ckpt") else cfg["model"]["name"],
         "dim": cfg["dataset"]["dim"],
         "sampler": cfg["sampler"]["name"],
-        "variant": variant(cfg["sampler"]),
+        "variant": variant(cfg["sampler"]),  # relabelled by write() from the settings the run used
         "seed": cfg.get("seed"),
         "name": cfg.get("name"),
         "tags": " ".join(cfg.get("tags") or []) or None,
@@ -76,6 +76,8 @@ def sample_row(run_dir: Path) -> dict[str, Any]:
     if "name" in m:  # the labels the run recorded
         row["name"], row["tags"] = m["name"], " ".join(m.get("tags") or []) or None
     row.update({k: m.get(f"sample/{k}") for k in SAMPLE_COLUMNS if m.get(f"sample/{k}") is not None})
+    settings = prefixed(m, "settings/")
+    row["used"], row["variant"] = used_settings(cfg["sampler"], settings), variant(cfg["sampler"], settings)
     acc = [a for a in m.get("stats/acceptance") or [] if a is not None and a == a]  # None/NaN: no MALA steps
     contraction = m.get("stats/contraction")
     row.update(
@@ -140,8 +142,17 @@ def sweep_tables(rows: list[dict[str, Any]], metric: str = "sliced_w2") -> dict[
     return out
 
 
+def labelled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose variant also names every setting that varies among their sampler's rows."""
+    shown = varying_settings(rows)
+    for r in rows:
+        if r.get("used") is not None:
+            r["variant"] = variant({"name": r["sampler"]}, r["used"], shown.get(str(r["sampler"]), set()))
+    return rows
+
+
 def write(run_dirs: list[Path], out: Path) -> dict[str, Any]:
-    rows = sort_rows([sample_row(p) for p in run_dirs])
+    rows = sort_rows(labelled([sample_row(p) for p in run_dirs]))
     write_table(rows, SAMPLE_COLUMNS, out / NAME, "T1/T2: samplers on the mixture of Gaussians", SAMPLE_NOTE)
     complete = [r for r in rows if r.get("status") == "complete"]
     plot_quality_vs_nfe(complete, out / "T1_T2.png")
