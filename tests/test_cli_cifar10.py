@@ -56,7 +56,7 @@ def test_train_on_the_fixture_writes_fid_and_pictures(setup):
 @pytest.mark.parametrize(
     "sampler,nfe",
     [
-        (["sampler=ddpm", "sampler.steps=4"], 4),
+        pytest.param(["sampler=ddpm", "sampler.steps=4"], 4, marks=pytest.mark.slow),  # = DDIM with eta 1
         (["sampler=ddim", "sampler.steps=3"], 3),
         (["sampler=dddm", "sampler.clip=1.0"], 1),
         (["sampler=dddm", "sampler.iterations=2", "sampler.clip=1.0"], 2),

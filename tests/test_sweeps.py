@@ -1,6 +1,6 @@
-"""Sweeps through Hydra's submitit launcher (the local executor, the same code path as SLURM
-without a cluster): one job directory per override set, a re-launched sweep skips finished jobs,
-and `rtkrun report` turns the sweep into T1/T2."""
+"""Sweeps: one job directory per override set, a re-launched sweep skips finished jobs, and
+`rtkrun report` turns the sweep into T1/T2; through Hydra's basic launcher, and (``-m slow``)
+submitit's local executor, the same code path as SLURM without a cluster."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from tests.conftest import run_cli
 
 SWEEP = [
     "-m",
-    "hydra/launcher=local",
     "model=mog_oracle",
     "sampler=rtk_mala",
     "sampler.step_size=0.25,0.5",
@@ -25,16 +24,26 @@ SWEEP = [
 ]
 
 
-def test_submitit_sweep_is_idempotent_and_reported(tmp_path):
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        [],  # Hydra's basic launcher, in this process
+        # submitit's local executor, one process per job (30 s; its plumbing also runs by default
+        # in tests/test_ddp.py::test_the_launcher_s_tasks_form_one_data_parallel_job)
+        pytest.param(["hydra/launcher=local"], marks=pytest.mark.slow),
+    ],
+)
+def test_a_sweep_is_idempotent_and_reported(tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    proc = run_cli("sample", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    sweep_args = [*SWEEP, *launcher]
+    proc = run_cli("sample", *sweep_args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert [j.name.split("sampler.step_size-")[1].split("+")[0] for j in jobs] == ["0.25", "0.5"]
     first = {j: (j / "metrics.json").read_text() for j in jobs}
     assert all(json.loads(m)["config_sha1"] for m in first.values())
     # Re-launching the same sweep skips the finished jobs: their files are left as they were.
-    proc = run_cli("sample", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_cli("sample", *sweep_args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {j: (j / "metrics.json").read_text() for j in jobs} == first
     assert all("skipped" in (j / "sample.log").read_text() for j in jobs)
@@ -72,7 +81,7 @@ def test_a_timed_out_job_is_requeued_and_resumes_to_the_uninterrupted_result(tmp
 
     from rtkrun import runs
 
-    train = ["trainer.max_steps=14000", "trainer.ckpt_every=100000", "trainer.log_every=1000",
+    train = ["trainer.max_steps=3000", "trainer.ckpt_every=100000", "trainer.log_every=1000",
              "trainer.deterministic=true", "~evaluation.samplers"]  # fmt: skip
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -87,5 +96,5 @@ def test_a_timed_out_job_is_requeued_and_resumes_to_the_uninterrupted_result(tmp
     proc = run_cli("train", *train, "seed=3", f"hydra.run.dir={straight}", cwd=tmp_path, timeout=900, process=True)
     assert proc.returncode == 0, proc.stderr
     a, b = runs.load_checkpoint(job), runs.load_checkpoint(straight)
-    assert a["step"] == b["step"] == 14000
+    assert a["step"] == b["step"] == 3000
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
