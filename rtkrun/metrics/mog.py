@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from scipy.stats import chi2
 
 from rtkrun.diffusion.mixture import GaussianMixture
 
@@ -110,6 +108,8 @@ def off_mode_fraction(mixture: GaussianMixture, x: torch.Tensor, quantile: float
     if mixture.std == 0:
         return float("nan")
     d2 = torch.cdist(x.double(), mixture.means.detach().double().cpu()) ** 2 / mixture.std**2
+    from scipy.stats import chi2  # here, not at import: scipy.stats costs every rtkrun command ~1 s
+
     return (d2.min(dim=1).values > chi2.ppf(quantile, mixture.dim)).double().mean().item()
 
 
@@ -128,6 +128,8 @@ def mean_recovery(mu_learned: torch.Tensor, mu_true: torch.Tensor, symmetric: bo
         dist = min((m - s).norm(), (m + s).norm())
         return {"angle_deg": math.degrees(math.acos(min(cos.item(), 1.0))), "distance": dist.item()}
     cost = torch.cdist(mu_learned, mu_true).numpy()
+    from scipy.optimize import linear_sum_assignment  # here, not at import (as chi2)
+
     rows, cols = linear_sum_assignment(cost)
     a, b = mu_learned[rows], mu_true[cols]
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
