@@ -31,6 +31,7 @@ class TrainerConfig(ObjectiveConfig):
 
     one_step_teacher_steps: int = 50  # DDIM steps of the EMA teacher of the one-step rows
     snapshot_epochs: list[int] = field(default_factory=list)  # keep checkpoints/epoch-NNNNNN.pt after these epochs
+    snapshot_every: int = 0  # > 0: also keep checkpoints/step-NNNNNNNN.pt every this many steps (EDM's snapshots)
     max_steps: int = 2000  # optimizer steps in all (resume trains up to it)
     batch_size: int = 256  # examples per optimizer step, over all processes
     lr: float = 1e-3  # peak learning rate (after the linear warm-up)
@@ -75,7 +76,7 @@ class TrainerConfig(ObjectiveConfig):
             _at_least(self, key, 1)
         for key in ("lr", "ckpt_minutes"):
             _positive(self, key)
-        for key in ("weight_decay", "grad_clip", "warmup_steps", "overfit_batches", "preview_every"):
+        for key in ("weight_decay", "grad_clip", "warmup_steps", "overfit_batches", "preview_every", "snapshot_every"):
             _at_least(self, key, 0)
         _at_least(self, "preview_samples", 1)
         _at_least(self, "preview_steps", 1)

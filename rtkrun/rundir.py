@@ -54,6 +54,7 @@ MAY_CHANGE: dict[str, tuple[str, ...]] = {
         "trainer.log_seconds",
         "trainer.ckpt_every",
         "trainer.ckpt_minutes",
+        "trainer.snapshot_every",
         "evaluation",
         "logger",
         "device",

@@ -234,6 +234,11 @@ def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"epoch-{epoch:06d}.pt"
 
 
+def step_snapshot_path(run_dir: str | Path, step: int) -> Path:
+    """The checkpoint kept at ``step`` (``trainer.snapshot_every``)."""
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.pt"
+
+
 def snapshot_paths(run_dir: str | Path) -> dict[int, Path]:
     """Every kept snapshot of a run directory, by epoch."""
     found = sorted((Path(run_dir) / "checkpoints").glob("epoch-*.pt"))

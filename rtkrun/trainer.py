@@ -470,6 +470,8 @@ class Trainer:
             if main and boundary == 0 and finished_epoch in tc.snapshot_epochs:
                 # a complete checkpoint, so `ckpt=` and resume read it like last.pt
                 runs.save_checkpoint(runs.snapshot_path(self.run_dir, finished_epoch), self.state())
+            if main and tc.snapshot_every and self.step % tc.snapshot_every == 0:
+                runs.save_checkpoint(runs.step_snapshot_path(self.run_dir, self.step), self.state())
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
             stopping = self._stop_requested(stop)
             if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed or stopping:

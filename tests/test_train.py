@@ -190,3 +190,21 @@ def test_previews_are_drawn_logged_and_leave_training_unchanged(tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     with pytest.raises(RtkrunError, match="preview_every=75 must be a multiple of log_every=50"):
         train(tmp_path / "bad", [*common, "trainer.preview_every=75"])
+
+
+def test_snapshot_every_keeps_numbered_checkpoints_that_sample_like_last(tmp_path):
+    """trainer.snapshot_every (EDM's snapshots): complete checkpoints at every multiple of the
+    interval, each what last.pt held at that step; one can be sampled with ckpt=FILE."""
+    common = ["trainer.max_steps=30", "trainer.log_every=10", "trainer.ckpt_every=10", "trainer.deterministic=true"]
+    train(tmp_path / "run", [*common, "trainer.snapshot_every=10", *NO_EVAL])
+    snapshots = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    assert [p.name for p in snapshots] == ["step-00000010.pt", "step-00000020.pt", "step-00000030.pt"]
+    assert [runs.load_checkpoint(p)["step"] for p in snapshots] == [10, 20, 30]
+    train(tmp_path / "short", [*common, "trainer.max_steps=20", *NO_EVAL])  # the same run, stopped at 20
+    at_20, short = runs.load_checkpoint(snapshots[1]), runs.load_checkpoint(tmp_path / "short")
+    assert all(torch.equal(at_20["ema"][k], short["ema"][k]) for k in short["ema"])
+    sampled = run_command(
+        compose_cfg("sample", [f"ckpt={snapshots[0]}", "sampler.steps=5", "n_samples=50", "batch_size=50"]),
+        tmp_path / "sample",
+    )
+    assert sampled["status"] == "complete" and sampled["nfe"] == 5
