@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,13 +60,32 @@ def projected_quantiles(mixture: GaussianMixture, directions: torch.Tensor, n: i
     return (lo + hi) / 2
 
 
+_QUANTILES: dict[str, torch.Tensor] = {}  # a few per process: a step search reuses one set dozens of times
+
+
+def _mixture_key(mixture: GaussianMixture, *extra: Any) -> str:
+    """A digest of the mixture's parameters and ``extra`` (tensors by value)."""
+    h = hashlib.sha1()
+    for t in (mixture.means, mixture.weights, *[e for e in extra if isinstance(e, torch.Tensor)]):
+        h.update(t.detach().double().cpu().numpy().tobytes())
+    h.update(repr((mixture.std, *[e for e in extra if not isinstance(e, torch.Tensor)])).encode())
+    return h.hexdigest()
+
+
 def sliced_w2_to_mixture(mixture: GaussianMixture, x: torch.Tensor, directions: torch.Tensor) -> float:
     """Sliced W2 between the samples and the exact mixture itself: per direction, the sorted
     projections against the exact quantiles at (i − ½)/n. Unlike sample-vs-sample sliced W2 it
     carries no noise from a reference set, so its exact-sampler value (the baseline) is lower
-    and steadier — what a search over step counts needs."""
+    and steadier — what a search over step counts needs. The quantiles (a bisection over n × K ×
+    P CDF values) are kept per (mixture, directions, n) within a process."""
+    n = x.shape[0]
+    key = _mixture_key(mixture, directions, n)
+    if key not in _QUANTILES:
+        if len(_QUANTILES) >= 8:
+            _QUANTILES.pop(next(iter(_QUANTILES)))
+        _QUANTILES[key] = projected_quantiles(mixture, directions, n)
     px = torch.sort(x.detach().double().cpu() @ directions.T, dim=0).values
-    return math.sqrt(((px - projected_quantiles(mixture, directions, x.shape[0])) ** 2).mean().item())
+    return math.sqrt(((px - _QUANTILES[key]) ** 2).mean().item())
 
 
 def exact_w2(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -171,11 +191,7 @@ def _reference(
     """The exact reference set, projections, MMD bandwidths and true-vs-true baselines for one
     (mixture, n, seed, settings). They do not depend on the samples scored, and their W2 and MMD
     are most of a score's cost, so a process computes them once for all the samplers it scores."""
-    key = hashlib.sha1(
-        mixture.means.detach().double().cpu().numpy().tobytes()
-        + mixture.weights.detach().double().cpu().numpy().tobytes()
-        + repr((mixture.std, n, seed, n_projections, n_w2, n_mmd, repeats)).encode()
-    ).hexdigest()
+    key = _mixture_key(mixture, n, seed, n_projections, n_w2, n_mmd, repeats)
     if key in _REFERENCES:
         return _REFERENCES[key]
     gen = torch.Generator().manual_seed(seed)
