@@ -269,6 +269,16 @@ def test_frechet_distance_matches_the_gaussian_w2_closed_form():
     root = images.reference_root(s2)
     assert images.reference_root(s2.copy()) is root and np.allclose(root @ root, s2, atol=1e-10)
     assert images.frechet_distance(m1, s1, m2, s2, root2=root) == pytest.approx(exact, rel=1e-9)
+    # few samples (n <= d): the n x n Gram form of the trace term, against scipy's route
+    for n in (2, 7, d):
+        f = torch.randn(n, d, generator=gen, dtype=torch.float64).numpy() @ np.diag(np.linspace(0.5, 2.0, d))
+        mu, sigma = images.statistics(f)
+        full = float((mu - m2) @ (mu - m2) + np.trace(sigma) + np.trace(s2))
+        full -= 2 * np.trace(scipy.linalg.sqrtm(sigma @ s2)).real
+        assert images.frechet_distance(mu, sigma, m2, s2, features1=f) == pytest.approx(full, rel=1e-8)
+        assert images.frechet_distance(mu, sigma, m2, s2, features1=f) == pytest.approx(
+            images.frechet_distance(mu, sigma, m2, s2), rel=1e-8
+        )
 
 
 def _tf1_resize_reference(img: np.ndarray, size: int) -> np.ndarray:
