@@ -9,7 +9,8 @@
   resizes move FID by whole points.
 * Images are quantised to uint8 first, as saved samples are.
 * Statistics in float64; FID = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), the trace of the
-  square root from a symmetric eigendecomposition (equal to scipy's sqrtm route, 6× faster).
+  square root from a symmetric eigendecomposition (equal to scipy's sqrtm route, 6× faster;
+  with n ≤ 2048 samples, of the n × n Gram form instead of a 2048 × 2048 matrix).
 * Reference statistics of the training set are computed once and cached, keyed by the
   extractor's SHA-1 and the dataset's fingerprint.
 """
