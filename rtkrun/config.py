@@ -272,6 +272,15 @@ class SearchConfig:
             _positive(self, "horizon")
 
 
+def _check_search_sampler(sampler: Any) -> None:
+    """``rtkrun search`` varies the sampler's ``steps`` on its ``grid``: it needs both, and no budget."""
+    names = {f.name for f in fields(sampler)}
+    if "steps" not in names or "grid" not in names:
+        raise ConfigError(f"sampler={sampler.name} has no steps and grid to search; use ddpm, ddim or pf_ode")
+    if sampler.nfe is not None:
+        raise ConfigError("search varies sampler.steps itself; drop sampler.nfe")
+
+
 @dataclass
 class SearchRun:
     command: str
@@ -482,6 +491,8 @@ def validate(cfg: DictConfig | dict) -> Any:
     run = _typed(top, {**rest, **placeholders}, "")
     for k, v in typed.items():
         setattr(run, k, v)
+    if isinstance(run, SearchRun):
+        _check_search_sampler(run.sampler)
     if "model" in typed and "dataset" in typed:
         fits = MODEL_DATASETS[typed["model"].name]
         if typed["dataset"].name not in fits:

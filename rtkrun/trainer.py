@@ -165,14 +165,18 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
 
 
+def lr_per_seed_step(alpha: float, sigma: float, d: int) -> float:
+    """The learning rate that makes a gradient step on the ε loss at (α, σ) a step of size 1 on
+    the seed's score loss (Shah, Chen & Klivans 2023): the ε loss is σ²/d times the score loss
+    and the student's parameter is θ = αμ, so η = 2·lr·α²σ²/d (the seed's gradient omits the
+    square's 2), i.e. lr = η·d/(2α²σ²)."""
+    return d / (2 * alpha**2 * sigma**2)
+
+
 def seed_lr(eta: float, t: float, schedule, dataset) -> float:
-    """The learning rate whose gradient step on the ε loss at noise level t is a step of size
-    ``eta`` on the seed's score loss (Shah, Chen & Klivans 2023): the ε loss is σ²/d times the
-    score loss and the student's parameter is θ = αμ, so η = 2·lr·α²σ²/d (the seed's gradient
-    omits the square's 2), i.e. lr = η·d/(2α²σ²)."""
+    """The learning rate of a step of size ``eta`` in the seed's units at noise level t."""
     alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64)))
-    d = math.prod(dataset.sample_shape)
-    return eta * d / (2 * alpha**2 * sigma**2)
+    return eta * lr_per_seed_step(alpha, sigma, math.prod(dataset.sample_shape))
 
 
 class Trainer:

@@ -114,3 +114,4 @@ def test_search_command_finds_the_first_passing_step_count_and_report_fits_it(tm
     assert "rtkrun search -m dataset.dim=2,8 experiment=t7_mog n_samples=300 search.baseline_repeats=2" in page
     refused = run_cli("search", "sampler=dddm", cwd=tmp_path)
     assert refused.returncode == 2 and "has no steps and grid to search" in refused.stderr
+    assert not (tmp_path / "outputs" / "search").exists()  # refused at validation: no run directory

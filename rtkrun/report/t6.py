@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from rtkrun.report.output import pyplot, write_table
+from rtkrun.report.output import OUT_FIX, pyplot, write_table
 from rtkrun.report.rows import run_config
+from rtkrun.runs import save_figure
 
 NAME = "T6"
 T6_COLUMNS = [
@@ -59,6 +60,7 @@ def t6_row(run_dir: Path) -> dict[str, Any]:
     factor of the distance."""
     from rtkrun.config import typed_group
     from rtkrun.diffusion.schedules import build_schedule
+    from rtkrun.trainer import lr_per_seed_step
 
     cfg = run_config(run_dir, resolve=True)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,7 +68,7 @@ def t6_row(run_dir: Path) -> dict[str, Any]:
     schedule = build_schedule(typed_group("schedule", cfg["schedule"]))
     alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor(float(tc["fixed_t"]), dtype=torch.float64)))
     d, radius = int(ds["dim"]), float(ds["radius"])
-    eta = tc.get("eta_seed") or 2 * float(tc["lr"]) * alpha**2 * sigma**2 / d
+    eta = tc.get("eta_seed") or float(tc["lr"]) / lr_per_seed_step(alpha, sigma, d)
     angle = [r["angle_deg"] for r in records]
     dist = [r["distance"] for r in records]
     norm = [r["mu_norm"] for r in records]
@@ -120,8 +122,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("gradient step")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, fix=OUT_FIX, dpi=100)
 
 
 def write(run_dirs: list[Path], out: Path) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rtkrun.report.output import pyplot, write_table
-from rtkrun.runs import DamagedFile, read_json_object
+from rtkrun.report.output import OUT_FIX, pyplot, write_table
+from rtkrun.runs import DamagedFile, read_json_object, save_figure
 
 NAME = "T7"
 T7_COLUMNS = [
@@ -76,8 +76,7 @@ def plot_steps_vs_dim(series: dict[tuple, list[dict[str, Any]]], path: Path) -> 
     ax.set_ylabel("steps to reach the target")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, fix=OUT_FIX, dpi=100)
 
 
 def fit_exponent(rows: list[dict[str, Any]]) -> float | None:
