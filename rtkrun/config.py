@@ -16,13 +16,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rtkrun.data import DATASETS
-from rtkrun.diffusion.objectives import ObjectiveConfig
-from rtkrun.diffusion.schedules import SCHEDULES
 from rtkrun.errors import ConfigError
-from rtkrun.models import MODEL_DATASETS, MODELS
-from rtkrun.samplers import SAMPLERS
-from rtkrun.seeding import NOISE
+from rtkrun.schemas.data import DATASET_SCHEMAS
+from rtkrun.schemas.diffusion import SCHEDULE_SCHEMAS, ObjectiveConfig
+from rtkrun.schemas.models import MODEL_DATASETS, MODEL_SCHEMAS
+from rtkrun.schemas.samplers import SAMPLER_SCHEMAS
 
 
 @dataclass
@@ -132,12 +130,12 @@ class WandbLoggerConfig:
     tags: list[str] = field(default_factory=list)  # wandb run tags
 
 
-LOGGERS = {"console": (ConsoleLoggerConfig, None), "wandb": (WandbLoggerConfig, None)}
-GROUPS: dict[str, dict[str, tuple[type, Any]]] = {
-    "dataset": DATASETS,
-    "model": MODELS,
-    "schedule": SCHEDULES,
-    "sampler": SAMPLERS,
+LOGGERS = {"console": ConsoleLoggerConfig, "wandb": WandbLoggerConfig}
+GROUPS: dict[str, dict[str, type]] = {  # group -> option -> schema (rtkrun/schemas/)
+    "dataset": DATASET_SCHEMAS,
+    "model": MODEL_SCHEMAS,
+    "schedule": SCHEDULE_SCHEMAS,
+    "sampler": SAMPLER_SCHEMAS,
     "logger": LOGGERS,
 }
 
@@ -385,7 +383,7 @@ def _positive(obj: Any, key: str) -> None:
         raise ConfigError(f"{key} must be > 0, got {getattr(obj, key)}")
 
 
-NOISE_KINDS = tuple(NOISE)  # per-sample streams
+NOISE_KINDS = ("cpu_streams", "philox")  # per-sample streams (rtkrun.seeding.NOISE)
 BENCH_SECTIONS = (
     "training",
     "sampling",
@@ -445,7 +443,7 @@ def typed_group(group: str, node: Any, where: str | None = None) -> Any:
     name = node.get("name") if isinstance(node, (dict, DictConfig)) else None
     if not isinstance(name, str) or name not in registry:
         raise ConfigError(f"{where}.name={name!r} is unknown; choose one of {', '.join(registry)}")
-    return _typed(registry[name][0], node, where)
+    return _typed(registry[name], node, where)
 
 
 def validate(cfg: DictConfig | dict) -> Any:

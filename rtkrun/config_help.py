@@ -41,12 +41,14 @@ def field_comments(schema: type) -> dict[str, str]:
     built by ``settings_schema``, over its sampler function's signature)."""
     out: dict[str, str] = {}
     sources = [c for c in reversed(schema.__mro__) if c is not object]
-    sources += [getattr(schema, "__settings_of__", None)]
-    for source in filter(None, sources):
+    texts = []
+    for source in sources:
         try:
-            text = inspect.getsource(source)
-        except (OSError, TypeError):  # a class made at run time: its function carries the text
-            continue
+            texts.append(inspect.getsource(source))
+        except (OSError, TypeError):  # a class made at run time (a sampler's): it carries its signature
+            pass
+    texts.append(getattr(schema, "__settings_source__", ""))
+    for text in texts:
         above = ""  # a comment line just above a declaration too long to carry one
         for line in text.splitlines():
             found = DECLARATION.match(line)
@@ -75,7 +77,7 @@ def _schema_of(section: str, node: Any) -> type | None:
     if section in SECTIONS:
         return SECTIONS[section]
     if section in GROUPS and isinstance(node, dict) and node.get("name") in GROUPS[section]:
-        return GROUPS[section][node["name"]][0]
+        return GROUPS[section][node["name"]]
     return None
 
 

@@ -23,6 +23,17 @@ class NullTracker:
 
 
 RUN_ID_FILE = "wandb_run_id.txt"
+WANDB_MISSING = "logger=wandb needs the wandb package: pip install 'rtkrun[wandb]'"
+
+
+def check_tracker(logger_cfg: Any) -> None:
+    """Before anything is written: the tracker a config selects can be imported (found, not loaded)."""
+    import importlib.util
+
+    if getattr(logger_cfg, "name", "console") == "wandb" and importlib.util.find_spec("wandb") is None:
+        from rtkrun.errors import RtkrunError
+
+        raise RtkrunError(WANDB_MISSING)
 
 
 class WandbTracker(NullTracker):
@@ -37,7 +48,7 @@ class WandbTracker(NullTracker):
         except ImportError as e:
             from rtkrun.errors import RtkrunError
 
-            raise RtkrunError("logger=wandb needs the wandb package: pip install 'rtkrun[wandb]'") from e
+            raise RtkrunError(WANDB_MISSING) from e
         from rtkrun.runs import atomic_write_bytes
 
         kwargs = {"mode": cfg.mode} if cfg.mode else {}

@@ -37,8 +37,9 @@ from omegaconf.errors import OmegaConfBaseException
 import rtkrun
 from rtkrun import runs
 from rtkrun.config import config_digest, to_dict, validate
-from rtkrun.data import DATASETS
 from rtkrun.errors import RtkrunError
+from rtkrun.loggers import check_tracker
+from rtkrun.schemas.data import USES_CACHE
 
 log = logging.getLogger("rtkrun")
 
@@ -261,8 +262,9 @@ def preflight(cfg: DictConfig, rank: int = 0) -> Any:
     ``rank``: this process's rank where a data-parallel launcher says it (only rank 0 locks)."""
     run = validate(cfg)
     check_device(run)
+    check_tracker(run.logger)
     dataset = getattr(run, "dataset", None)
-    if dataset is not None and DATASETS[dataset.name][1].uses_cache:
+    if dataset is not None and dataset.name in USES_CACHE:
         check_writable(runs.cache_dir(), "set RTKRUN_CACHE to a writable directory")
     if getattr(run, "out", None) is not None and run.command == "report":
         check_writable(Path(run.out), "choose a writable out=<dir>")

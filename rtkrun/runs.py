@@ -12,14 +12,16 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from rtkrun.errors import RtkrunError
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_FORMAT = 1
 
@@ -96,7 +98,8 @@ def _json_safe(value: Any) -> Any:
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    if torch.is_tensor(value):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and torch.is_tensor(value):
         return _json_safe(value.item() if value.numel() == 1 else value.tolist())
     return value
 
@@ -169,6 +172,8 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
+    import torch
+
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -189,6 +194,8 @@ CHECKPOINT_ENTRIES = {"step": int, "config": dict, "ema": dict}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    import torch
+
     p = resolve_checkpoint(path)
     try:
         state = torch.load(p, map_location=map_location, weights_only=False)
@@ -217,6 +224,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def checkpoint_step(path: str | Path) -> int | None:
     """The step a checkpoint was saved at, read without loading its tensors (memory-mapped);
     None where the file is unreadable (the full load then says why)."""
+    import torch
+
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=False, mmap=True)
         step = state.get("step") if isinstance(state, dict) else None

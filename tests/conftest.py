@@ -64,7 +64,7 @@ def shared_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_qm9_table(tmp_path_factory):
     """All 130,831 characterised QM9 molecules from qm9pack, parsed once per test session into
-    a private cache (about 13 s). Under pytest-xdist the workers share that cache: the first
+    a private cache (about 11 s). Under pytest-xdist the workers share that cache: the first
     parses it under a lock, the others then read the checked .npz."""
     import fcntl
 

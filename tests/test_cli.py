@@ -217,6 +217,9 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
                     break
             time.sleep(0.2)
         assert hydra_files is not None, "the first run never wrote .hydra/"
+        # Stopped, it still holds the lock (a flock belongs to the open file, not to a running
+        # process) and no longer takes a core from the other tests.
+        first.send_signal(signal.SIGSTOP)
         assert (run_dir / ".rtkrun.lock").read_text().strip() == str(first.pid)
         second = run_cli("train", "trainer.max_steps=1000000", f"hydra.run.dir={run_dir}", cwd=tmp_path)
         assert second.returncode == 2

@@ -189,3 +189,76 @@ def test_help_describes_every_key_in_one_line(command):
             assert len(line.split(None, 2)) == 3, (command, dataset, line)  # key, value, description
         groups = text.split("groups (")[1].split("\n\n")[0]
         assert ("sampler " in groups) == (command in ("sample", "diagnose")), groups  # only the groups it composes
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "pf_ode", "dddm", "rtk_mala", "rtk_uld"])
+def test_a_sampler_schema_read_from_the_source_is_its_function_s_signature(name):
+    """rtkrun/schemas/samplers.py reads each sampler's keyword settings from its source file (so a
+    config is checked without importing torch): the fields must be what the imported function
+    declares, names, types and defaults, in order."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from rtkrun.samplers import SAMPLERS
+
+    schema, fn, _ = SAMPLERS[name]
+    hints = typing.get_type_hints(fn)
+    declared = [
+        (p.name, hints[p.name], p.default)
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "callback")
+    ]
+    fields = dataclasses.fields(schema)
+    assert [(f.name, f.type, f.default) for f in fields[1:-1]] == declared
+    assert (fields[0].name, fields[0].default, fields[-1].name) == ("name", name, "nfe")
+
+
+def test_bad_values_and_help_are_answered_without_importing_torch(tmp_path):
+    """A value error, a missing checkpoint, a missing tracker and `train --help` need no torch: the schemas
+    (rtkrun/schemas/), the validation and the run-directory checks import none, so the answer
+    comes in about a second and no run directory is made."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    probe = (
+        "import contextlib, io, sys\n"
+        "from rtkrun import cli\n"
+        "for args in (['train', 'dataset.dim=-1'], ['sample', 'ckpt=missing_run'], ['train', '--help'],\n"
+        "             ['sample', 'sampler=rtk_mala', 'sampler.segments=0'], ['train', 'logger=wandb']):\n"
+        "    err, code = io.StringIO(), 0\n"
+        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            cli.main(args)\n"
+        "        except SystemExit as e:\n"
+        "            code = e.code\n"
+        "    print(code, err.getvalue().strip())\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "2 rtkrun: error: dataset.dim must be >= 1, got -1", lines
+    assert lines[1].startswith("2 rtkrun: error: checkpoint not found: missing_run"), lines
+    assert lines[2].strip() == "0", lines  # the help page went to stdout
+    assert lines[3] == "2 rtkrun: error: sampler.segments must be >= 1, inner_steps and warmup_steps >= 0", lines
+    if importlib.util.find_spec("wandb") is None:  # as in CI: the tracker is refused before any work
+        assert lines[4] == "2 rtkrun: error: logger=wandb needs the wandb package: pip install 'rtkrun[wandb]'"
+    assert lines[-1] == "torch imported: False", proc.stdout
+    assert not (tmp_path / "outputs").exists()  # nothing written
+
+
+def test_every_implementation_registry_holds_exactly_the_schemas_validation_knows():
+    """Validation reads rtkrun/schemas/ (no torch); building reads the implementations'
+    registries. The two must name the same options with the same schema classes."""
+    from rtkrun.config import GROUPS, NOISE_KINDS
+    from rtkrun.data import DATASETS
+    from rtkrun.diffusion.schedules import SCHEDULES
+    from rtkrun.models import MODELS
+    from rtkrun.samplers import SAMPLERS
+    from rtkrun.seeding import NOISE
+
+    for group, registry in (("dataset", DATASETS), ("model", MODELS), ("schedule", SCHEDULES), ("sampler", SAMPLERS)):
+        assert {name: entry[0] for name, entry in registry.items()} == GROUPS[group], group
+    assert tuple(NOISE) == NOISE_KINDS

@@ -210,8 +210,8 @@ def test_philox_normals_and_uniforms_have_their_laws():
 
 
 def test_sampling_with_philox_noise_does_not_depend_on_the_batch_size():
-    from rtkrun.samplers.ddpm import DDPMConfig
     from rtkrun.sampling import draw_samples
+    from rtkrun.schemas.samplers import DDPMConfig
 
     dataset = MogDataset(MogConfig(train_size=10))
     schedule = CosineSchedule()

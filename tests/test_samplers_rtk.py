@@ -316,7 +316,7 @@ def test_rtk_spends_one_evaluation_per_step_and_reuses_every_score(name):
 @pytest.mark.parametrize("nfe", [1, 2, 3, 10, 20, 50, 120, 500])
 def test_rtk_budgets_are_kept_and_spent_on_steps(nfe, curvature, energy):
     from rtkrun.samplers import settings_for
-    from rtkrun.samplers.rtk_mala import RTKMALAConfig
+    from rtkrun.schemas.samplers import RTKMALAConfig
 
     dataset = MogDataset(MogConfig(**{**MIXTURES[2].__dict__, "train_size": 1}))
     oracle = MogOracle(dataset.mixture, CosineSchedule())

@@ -33,7 +33,6 @@ class DiffusionDataset(Dataset):
     data_std: float = 1.0
     mixture: GaussianMixture | None = None  # exact marginals (MoG): oracles, Rao-Blackwell, exact samples
     on_subspace: bool = False  # samples live on a linear subspace (``space_of`` is not None)
-    uses_cache: bool = False  # keeps parsed data or statistics under runs.cache_dir() (RTKRUN_CACHE)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

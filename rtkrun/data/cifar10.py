@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,11 @@ import torch
 
 from rtkrun import runs
 from rtkrun.data.base import DiffusionDataset
-from rtkrun.errors import ConfigError, RtkrunError
+from rtkrun.errors import RtkrunError
 from rtkrun.metrics import images as image_metrics
 from rtkrun.metrics.images import to_uint8
 from rtkrun.runs import file_digest
+from rtkrun.schemas.data import Cifar10Config
 from rtkrun.seeding import Stream, stream_seed
 
 FOLDER = "cifar-10-batches-py"
@@ -42,25 +42,6 @@ MD5 = {
 }
 SPLITS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 REAL_BATCH_SIZE = 10_000
-
-
-@dataclass
-class Cifar10Config:
-    name: str = "cifar10"
-    root: str = "data/cifar10"  # the directory that holds cifar-10-batches-py/
-    split: str = "train"  # train (50,000 images) | test (10,000)
-    hflip: bool = True  # random horizontal flips in training
-    download: bool = False  # fetch with torchvision when the files are missing (needs a network)
-    verify: str = "auto"  # auto: MD5 when a batch has the real size | always | never
-    limit: int | None = None  # use only the first n images (debugging; off for real runs)
-
-    def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise ConfigError(f"split={self.split!r} is unknown; choose train or test")
-        if self.verify not in ("auto", "always", "never"):
-            raise ConfigError(f"verify={self.verify!r} is unknown; choose auto, always or never")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1 or null, got {self.limit}")
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +122,6 @@ class Cifar10Dataset(DiffusionDataset):
     global index). ``to(device)`` moves the uint8 store so that batches are gathered there."""
 
     data_std = 0.5  # the per-pixel standard deviation EDM assumes for images in [−1, 1]
-    uses_cache = True  # the FID statistics of the training images
 
     def __init__(self, cfg: Cifar10Config) -> None:
         self.cfg = cfg

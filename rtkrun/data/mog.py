@@ -5,7 +5,6 @@ describes, draws the training set and plots samples against the modes."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,42 +13,8 @@ import torch
 from rtkrun import runs
 from rtkrun.data.base import DiffusionDataset
 from rtkrun.diffusion.mixture import GaussianMixture
-from rtkrun.errors import ConfigError
 from rtkrun.metrics import mog as mog_metrics
-
-
-@dataclass
-class MogConfig:
-    name: str = "mog"
-    dim: int = 2  # dimension d
-    n_components: int = 8  # K
-    layout: str = "ring"  # ring (2-D), random, pair (±μ*, the seed's symmetric mixture)
-    radius: float = 2.0  # ring radius / norm of μ* / typical norm of random means
-    component_std: float = 0.15  # s: every component is N(μ_k, s²I)
-    weights: list[float] | None = None  # None: uniform
-    mixture_seed: int = 0  # draws random means and the training set
-    train_size: int = 10_000  # training examples drawn once
-
-    def __post_init__(self) -> None:
-        if self.dim < 1:
-            raise ConfigError(f"dim must be >= 1, got {self.dim}")
-        if self.n_components < 1:
-            raise ConfigError(f"n_components must be >= 1, got {self.n_components}")
-        if self.layout not in ("ring", "random", "pair"):
-            raise ConfigError(f"layout={self.layout!r} is unknown; choose ring, random or pair")
-        if self.layout == "ring" and self.dim != 2:
-            raise ConfigError(f"layout=ring needs dim=2 (got dim={self.dim}); use layout=random")
-        if self.layout == "pair" and self.n_components != 2:
-            raise ConfigError(f"layout=pair needs n_components=2 (got {self.n_components})")
-        if not self.component_std > 0:  # a zero width makes every density and metric degenerate
-            raise ConfigError(f"component_std must be > 0, got {self.component_std}")
-        if self.weights is not None:
-            if len(self.weights) != self.n_components or min(self.weights) <= 0:
-                raise ConfigError(
-                    f"weights must be {self.n_components} positive numbers (one per component), got {self.weights}"
-                )
-        if self.train_size < 1:
-            raise ConfigError(f"train_size must be >= 1, got {self.train_size}")
+from rtkrun.schemas.data import MogConfig
 
 
 def make_mixture(cfg: MogConfig) -> GaussianMixture:

@@ -15,7 +15,6 @@ import hashlib
 import io
 import logging
 import zipfile
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,9 @@ from rtkrun.data.qm9_files import (
     read_qm9pack,
 )
 from rtkrun.diffusion.subspace import centre
-from rtkrun.errors import ConfigError, RtkrunError
+from rtkrun.errors import RtkrunError
 from rtkrun.metrics import molecules
+from rtkrun.schemas.data import QM9Config
 
 log = logging.getLogger("rtkrun")
 
@@ -46,30 +46,7 @@ N_TYPES = len(ELEMENTS)
 N_FEATURES = 3 + N_TYPES + 1
 ONE_HOT_SCALE, CHARGE_SCALE = 0.25, 0.1
 EDM_TRAIN_SIZE, EDM_CHARACTERISED = 100_000, 130_831
-SPLITS = ("train", "valid", "test")
 NUMBER_OF_TYPE = torch.tensor([ATOMIC_NUMBER[e] for e in ELEMENTS])
-
-
-@dataclass
-class QM9Config:
-    name: str = "qm9"
-    source: str = "qm9pack"  # qm9pack (PyPI, offline) | figshare (root: xyz directory or tarball) | npz (root: a table)
-    root: str | None = None  # figshare: the xyz directory or tarball; npz: a molecule table (rtkrun's QM9 cache file)
-    split: str = "train"  # train | valid | test
-    limit: int | None = None  # first n molecules of the split (debugging, tests)
-    rebuild_cache: bool = False  # re-parse instead of reading the cached table
-
-    def __post_init__(self) -> None:
-        if self.source not in ("qm9pack", "figshare", "npz"):
-            raise ConfigError(f"source={self.source!r} is unknown; choose qm9pack, figshare or npz")
-        if self.source == "figshare" and not self.root:
-            raise ConfigError("source=figshare needs dataset.root=<directory of xyz files or dsgdb9nsd.xyz.tar.bz2>")
-        if self.source == "npz" and not self.root:
-            raise ConfigError("source=npz needs dataset.root=<a molecule table .npz, e.g. rtkrun's QM9 cache file>")
-        if self.split not in SPLITS:
-            raise ConfigError(f"split={self.split!r} is unknown; choose train, valid or test")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1 or null, got {self.limit}")
 
 
 def split_indices(n: int) -> dict[str, np.ndarray]:
@@ -229,7 +206,6 @@ class QM9Dataset(DiffusionDataset):
 
     data_std = 1.0
     on_subspace = True  # real atoms only, zero centre of mass
-    uses_cache = True  # the parsed table and the training SMILES
 
     def __init__(self, cfg: QM9Config) -> None:
         self.cfg = cfg

@@ -237,8 +237,58 @@ def qm9pack_files() -> list[Path]:
 
 def read_qm9pack() -> MoleculeTable:
     """The 130,831 characterised molecules shipped in qm9pack."""
-    records = []
+    parts = []
     for path in qm9pack_files():
         with path.open(newline="") as f:
-            records += read_qm9pack_csv(f, str(path))
-    return pack(records, "qm9pack")
+            parts.append(read_qm9pack_table(f, str(path)))
+    table = MoleculeTable(*(np.concatenate([getattr(t, k) for t in parts]) for k in FIELDS))
+    order = np.argsort(table.qm9_index, kind="stable")
+    table = table.take(order)
+    repeated = np.flatnonzero(np.diff(table.qm9_index) == 0)
+    if len(repeated):
+        raise DataError(f"qm9pack: QM9 index {table.qm9_index[repeated[0]]} appears twice")
+    return table
+
+
+UNQUOTE = str.maketrans("", "", "[]'\" ")  # a qm9pack list cell ("['C','H']", "[[x,y,z],…]") to "C,H" / "x,y,z,…"
+
+
+def read_qm9pack_table(stream: io.TextIOBase, name: str) -> MoleculeTable:
+    """The molecules of one qm9pack CSV, parsed column by column: the same table as
+    ``pack(read_qm9pack_csv(stream, name), name)``, several times faster (each number is parsed
+    once by NumPy instead of by a Python loop). A file the bulk parse cannot take whole is read
+    again by :func:`read_qm9pack_csv`, whose error names the line."""
+    text = stream.read()
+    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        header = rows[0]
+        col = {key: header.index(key) for key in ("Index", "SMILES", "N_atoms", "Elements", "XYZ_Ang", "Mulliken_pop")}
+        body = rows[1:]
+        counts = np.array([int(r[col["N_atoms"]]) for r in body], np.int64)
+        index = np.array([int(r[col["Index"]]) for r in body], np.int32)
+        elements = [r[col["Elements"]].translate(UNQUOTE).split(",") for r in body]
+        xyz = np.array(",".join(r[col["XYZ_Ang"]] for r in body).translate(UNQUOTE).split(","), np.float64)
+        charges = np.array(",".join(r[col["Mulliken_pop"]] for r in body).translate(UNQUOTE).split(","), np.float64)
+        atomic = np.array([ATOMIC_NUMBER[e] for row in elements for e in row], np.int8)
+        whole = (
+            len(body) > 0
+            and counts.min() >= 1
+            and counts.max() <= MAX_ATOMS
+            and [len(e) for e in elements] == counts.tolist()
+            and len(xyz) == 3 * counts.sum() == 3 * len(charges) == 3 * len(atomic)
+        )
+    except (ValueError, KeyError, IndexError):
+        whole = False
+    if not whole:
+        return pack(read_qm9pack_csv(io.StringIO(text), name), name)
+    m = len(body)
+    row = np.repeat(np.arange(m), counts)  # each atom's molecule and its slot in the padded row
+    slot = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    numbers = np.zeros((m, MAX_ATOMS), np.int8)
+    positions = np.zeros((m, MAX_ATOMS, 3), np.float32)
+    padded_charges = np.zeros((m, MAX_ATOMS), np.float32)
+    numbers[row, slot] = atomic
+    positions[row, slot] = xyz.reshape(-1, 3)
+    padded_charges[row, slot] = charges
+    smiles = np.array([r[col["SMILES"]] for r in body], dtype=str)
+    return MoleculeTable(index, numbers, positions, padded_charges, smiles)

@@ -8,11 +8,11 @@ cast back, because λ near t = 0 and t = 1 loses all precision in float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from rtkrun.errors import ConfigError
+from rtkrun.schemas.diffusion import CosineConfig, LinearConfig, PolynomialConfig
 
 # λ is clamped to this range so that grids and conversions stay finite where ᾱ hits 0 or 1.
 LOG_SNR_LIMIT = 30.0
@@ -118,27 +118,6 @@ class PolynomialSchedule(VPSchedule):
     def t_from_alpha_bar(self, alpha_bar: torch.Tensor) -> torch.Tensor:
         inner = ((alpha_bar - self.precision) / (1 - 2 * self.precision)).clamp(0.0, 1.0)
         return (1 - torch.sqrt(inner)).clamp(0.0, 1.0) ** (1 / self.power)
-
-
-@dataclass
-class LinearConfig:
-    name: str = "linear"
-    beta_start: float = 1e-4  # β at the first of num_steps
-    beta_end: float = 0.02  # β at the last
-    num_steps: int = 1000  # the discrete chain it is made continuous from
-
-
-@dataclass
-class CosineConfig:
-    name: str = "cosine"
-    s: float = 0.008  # Nichol & Dhariwal's offset
-
-
-@dataclass
-class PolynomialConfig:
-    name: str = "polynomial"
-    power: float = 2.0  # ᾱ(t) = (1 − t^power)², EDM molecules
-    precision: float = 1e-5  # the floor that keeps ᾱ away from 0 and 1
 
 
 # name -> (config schema, constructor); the config layer validates against the schema.

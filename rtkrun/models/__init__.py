@@ -12,16 +12,6 @@ MODELS = {
     "egnn": (egnn.EGNNConfig, egnn.build),
 }
 
-# Which datasets each model can serve (checked before any work starts).
-MODEL_DATASETS = {
-    "mog_mlp": {"mog"},
-    "mog_oracle": {"mog"},
-    "mog_student": {"mog"},
-    "mog_flow_oracle": {"mog"},
-    "dddm_unet": {"cifar10"},
-    "egnn": {"qm9"},
-}
-
 
 def needs_training(model) -> bool:
     return getattr(model, "needs_training", True)

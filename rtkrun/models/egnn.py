@@ -24,7 +24,6 @@ x0_hat = c_skip·x_t/α + c_out·out; everything stays in the zero-mean, masked 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,39 +31,8 @@ from torch import nn
 
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.diffusion.subspace import centre
-from rtkrun.errors import ConfigError
-from rtkrun.models.precond import HEADS, apply_head, estimate_and_flag, noise_level
-
-
-@dataclass
-class EGNNConfig:
-    name: str = "egnn"
-    layers: int = 9  # equivariant blocks
-    hidden: int = 256  # node feature width
-    inv_sublayers: int = 1  # GCL sublayers per block
-    attention: bool = True  # edge attention (EDM)
-    tanh: bool = True  # bound the coordinate update by tanh × coords_range
-    coords_range: float = 15.0  # see tanh
-    norm_constant: float = 1.0  # added to ‖x_i − x_j‖ in the coordinate update
-    aggregation_norm: float = 1.0  # Z: 1 is EDM's sum aggregation
-    estimate_input: bool = True  # false: EDM's network exactly (no z)
-    head: str = "edm"  # edm: c_skip/c_out preconditioning | dddm: x_t − F
-    graph: str = "pairs"  # pairs | dense | edges (the reference formulation); see Graph
-    trim_padding: bool = True  # drop padding rows past the batch's largest molecule (one host sync per call)
-
-    def __post_init__(self) -> None:
-        for key in ("layers", "hidden", "inv_sublayers"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.coords_range <= 0 or self.norm_constant < 0 or self.aggregation_norm <= 0:
-            raise ConfigError("coords_range and aggregation_norm must be > 0 and norm_constant >= 0")
-        if self.head not in HEADS:
-            raise ConfigError(f"head={self.head!r} is unknown; choose edm or dddm")
-        if self.graph not in GRAPHS:
-            raise ConfigError(f"graph={self.graph!r} is unknown; choose one of {', '.join(GRAPHS)}")
-
-
-GRAPHS = ("pairs", "dense", "edges")
+from rtkrun.models.precond import apply_head, estimate_and_flag, noise_level
+from rtkrun.schemas.models import EGNNConfig
 
 
 class Graph:

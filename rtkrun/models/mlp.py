@@ -15,37 +15,18 @@ log-SNR λ(t) rather than t, which resolves the small-noise end where samples ge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from rtkrun.diffusion.schedules import VPSchedule
-from rtkrun.errors import ConfigError
 from rtkrun.models.precond import (
-    HEADS,
     NoiseLevelFeatures,
     apply_head,
     estimate_and_flag,
     input_scale,
     noise_level,
 )
-
-
-@dataclass
-class MogMLPConfig:
-    name: str = "mog_mlp"
-    hidden: int = 128  # width
-    depth: int = 3  # hidden layers
-    time_features: int = 16  # Fourier features of the noise level
-    head: str = "edm"  # edm: x0 = c_skip·x_t/α + c_out·net (identity as σ → 0) | dddm: x0 = x_t − net
-
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"head={self.head!r} is unknown; choose edm or dddm")
-        for key in ("hidden", "depth", "time_features"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+from rtkrun.schemas.models import MogMLPConfig
 
 
 class MogMLP(nn.Module):

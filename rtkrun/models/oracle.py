@@ -6,18 +6,12 @@ train, and offers the exact ``log_prob`` for samplers that use energies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.diffusion.schedules import VPSchedule
-
-
-@dataclass
-class MogOracleConfig:
-    name: str = "mog_oracle"
+from rtkrun.schemas.models import MogFlowOracleConfig, MogOracleConfig
 
 
 class MogOracle(nn.Module):
@@ -55,13 +49,6 @@ class MogOracle(nn.Module):
 
 def build(cfg: MogOracleConfig, dataset, schedule) -> MogOracle:
     return MogOracle(dataset.mixture, schedule)
-
-
-@dataclass
-class MogFlowOracleConfig:
-    name: str = "mog_flow_oracle"
-    ode_steps: int = 200  # Heun steps of the exact PF-ODE per evaluation (float64)
-    t_min: float = 1e-4  # the PF-ODE solve stops here
 
 
 class MogFlowOracle(nn.Module):

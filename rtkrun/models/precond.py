@@ -18,8 +18,6 @@ from torch import nn
 from rtkrun.diffusion.param import expand_like
 from rtkrun.diffusion.schedules import LOG_SNR_LIMIT, VPSchedule
 
-HEADS = ("edm", "dddm")
-
 
 class NoiseLevelFeatures(nn.Module):
     """Fixed sinusoidal features of u = λ/LOG_SNR_LIMIT ∈ [−1, 1] at geometric frequencies

@@ -10,8 +10,6 @@ means are learned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -19,19 +17,7 @@ from rtkrun.diffusion.mixture import GaussianMixture
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.metrics.mog import mean_recovery
-
-
-@dataclass
-class MogStudentConfig:
-    name: str = "mog_student"
-    symmetric: bool = True  # K = 2 tied means ±μ (the seed's tanh student)
-    init: str = "random"  # random: a random direction of norm init_scale | perturbed: μ* plus such a vector
-    init_scale: float = 0.1  # norm of the random initial means (or of the perturbation)
-    init_seed: int = 0  # draws the initial means
-
-    def __post_init__(self) -> None:
-        if self.init not in ("random", "perturbed"):
-            raise ConfigError(f"init={self.init!r} is unknown; choose random or perturbed")
+from rtkrun.schemas.models import MogStudentConfig
 
 
 class MogStudent(nn.Module):

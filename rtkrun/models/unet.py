@@ -22,7 +22,6 @@ objective uses so that training runs one network call per step (and compiles to 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,31 +30,9 @@ from torch import nn
 from rtkrun.diffusion.schedules import VPSchedule
 from rtkrun.errors import ConfigError
 from rtkrun.models import precond
+from rtkrun.schemas.models import UNetConfig
 
 SKIP_SCALE = 1.0 / math.sqrt(2.0)
-
-
-@dataclass
-class UNetConfig:
-    name: str = "dddm_unet"
-    channels: int = 128  # base width
-    channel_mult: list[int] = field(default_factory=lambda: [2, 2, 2])  # width per resolution, × channels
-    blocks_per_level: int = 4  # residual blocks per resolution
-    attention_resolutions: list[int] = field(default_factory=lambda: [16])  # self-attention at these resolutions
-    dropout: float = 0.13  # in residual blocks
-    head: str = "dddm"  # dddm: x0_hat = x_t − F (the paper) | edm: c_skip·x_t/α + c_out·F
-    estimate_input: bool = True  # concatenate z on the channel axis (false: a plain denoiser)
-    groups: int = 32  # GroupNorm groups (capped by the channel count)
-
-    def __post_init__(self) -> None:
-        if self.head not in precond.HEADS:
-            raise ConfigError(f"head={self.head!r} is unknown; choose {' or '.join(precond.HEADS)}")
-        if self.channels < 1 or self.blocks_per_level < 1 or self.groups < 1:
-            raise ConfigError("channels, blocks_per_level and groups must be >= 1")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ConfigError(f"channel_mult must be a non-empty list of positive integers, got {self.channel_mult}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:

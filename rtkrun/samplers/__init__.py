@@ -1,5 +1,6 @@
 """Samplers sharing one signature (see ``base``). ``SAMPLERS`` maps a config name to a
-:class:`Sampler`: its schema, its function (the config's other fields are the function's keyword
+:class:`Sampler`: its schema (``rtkrun/schemas/samplers.py``, read from the function's
+signature), its function (the config's other fields are the function's keyword
 settings) and its ``budget``.
 
 Every sampler config also takes ``nfe``, a budget of network evaluations: the sampler's own
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from rtkrun.samplers import dddm, ddim, ddpm, pf_ode, rtk_mala, rtk_uld
+from rtkrun.schemas.samplers import SAMPLER_SCHEMAS as SCHEMA
 
 
 class Sampler(NamedTuple):
@@ -24,12 +26,12 @@ class Sampler(NamedTuple):
 
 
 SAMPLERS = {
-    "ddpm": Sampler(ddpm.DDPMConfig, ddpm.ddpm, ddpm.budget),
-    "ddim": Sampler(ddim.DDIMConfig, ddim.ddim, ddim.budget),
-    "pf_ode": Sampler(pf_ode.PFODEConfig, pf_ode.pf_ode, pf_ode.budget),
-    "dddm": Sampler(dddm.DDDMConfig, dddm.dddm, dddm.budget),
-    "rtk_mala": Sampler(rtk_mala.RTKMALAConfig, rtk_mala.rtk_mala, rtk_mala.budget),
-    "rtk_uld": Sampler(rtk_uld.RTKULDConfig, rtk_uld.rtk_uld, rtk_uld.budget),
+    "ddpm": Sampler(SCHEMA["ddpm"], ddpm.ddpm, ddpm.budget),
+    "ddim": Sampler(SCHEMA["ddim"], ddim.ddim, ddim.budget),
+    "pf_ode": Sampler(SCHEMA["pf_ode"], pf_ode.pf_ode, pf_ode.budget),
+    "dddm": Sampler(SCHEMA["dddm"], dddm.dddm, dddm.budget),
+    "rtk_mala": Sampler(SCHEMA["rtk_mala"], rtk_mala.rtk_mala, rtk_mala.budget),
+    "rtk_uld": Sampler(SCHEMA["rtk_uld"], rtk_uld.rtk_uld, rtk_uld.budget),
 }
 
 

@@ -13,52 +13,13 @@ NFE is counted by wrapping the denoiser, never computed by formula.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from rtkrun.errors import ConfigError
-
 Callback = Callable[[dict[str, Any]], None]
-
-
-def check_budget(nfe: int | None) -> None:
-    """An NFE budget (``sampler.nfe``), where set, is at least one network evaluation."""
-    if nfe is not None and nfe < 1:
-        raise ConfigError(f"nfe must be >= 1 (a budget of network evaluations) or null, got {nfe}")
-
-
-NOT_SETTINGS = ("generator", "callback")  # keyword arguments every sampler takes
-
-
-def settings_schema(fn: Callable[..., Any], name: str, check: Callable[[Any], None] | None = None) -> type:
-    """The config schema of sampler ``fn``, built from its signature so that each setting and its
-    default are declared once: ``name``, one field per keyword setting of ``fn`` (its defaults),
-    then ``nfe`` (a budget the sampler's ``budget`` fits the settings to). ``check(cfg)`` raises
-    :class:`ConfigError` for values out of range; the budget is always checked."""
-    hints = typing.get_type_hints(fn)
-    fields: list[tuple[str, Any, Any]] = [("name", str, dataclasses.field(default=name))]
-    for p in inspect.signature(fn).parameters.values():
-        if p.kind is p.KEYWORD_ONLY and p.name not in NOT_SETTINGS:
-            fields.append((p.name, hints[p.name], dataclasses.field(default=p.default)))
-    fields.append(("nfe", int | None, dataclasses.field(default=None)))
-
-    def __post_init__(self: Any) -> None:
-        check_budget(self.nfe)
-        if check is not None:
-            check(self)
-
-    schema_name = "".join(part.upper() if len(part) <= 4 else part.title() for part in name.split("_")) + "Config"
-    doc = f"Settings of :func:`{fn.__module__}.{fn.__name__}` (its keyword defaults), plus the NFE budget."
-    namespace = {"__post_init__": __post_init__, "__doc__": doc, "__settings_of__": staticmethod(fn)}
-    schema = dataclasses.make_dataclass(schema_name, fields, namespace=namespace)
-    schema.__module__ = fn.__module__  # importable (picklable) as <module>.<schema_name>
-    return schema
 
 
 @dataclass

@@ -16,14 +16,12 @@ import torch
 
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
-from rtkrun.errors import ConfigError
 from rtkrun.samplers.base import (
     Callback,
     CountingDenoiser,
     SampleResult,
     ddim_move,
     report,
-    settings_schema,
 )
 from rtkrun.seeding import SampleNoise
 
@@ -100,15 +98,3 @@ def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
     the rest as fixed-point iterations per level."""
     levels = min(settings["levels"], nfe)
     return {**settings, "levels": levels, "iterations": max(1, nfe // levels)}
-
-
-def _check(cfg: Any) -> None:
-    if cfg.levels < 1 or cfg.iterations < 1:
-        raise ConfigError(f"levels and iterations must be >= 1, got {cfg.levels}, {cfg.iterations}")
-    if cfg.init not in ("noise", "zeros", "previous"):
-        raise ConfigError(f"init={cfg.init!r} is unknown; choose noise, zeros or previous")
-    if cfg.clip is not None and cfg.clip <= 0:
-        raise ConfigError(f"clip must be > 0 or null, got {cfg.clip}")
-
-
-DDDMConfig = settings_schema(dddm, "dddm", _check)

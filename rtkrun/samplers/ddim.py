@@ -15,8 +15,7 @@ import torch
 
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
-from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, report, settings_schema
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, report
 from rtkrun.seeding import SampleNoise
 
 
@@ -72,13 +71,3 @@ def ddim(
 def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
     """Settings that spend ``nfe`` evaluations: one per step."""
     return {**settings, "steps": nfe}
-
-
-def _check(cfg: Any) -> None:
-    if cfg.steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
-    if cfg.eta < 0:
-        raise ConfigError(f"eta must be >= 0, got {cfg.eta}")
-
-
-DDIMConfig = settings_schema(ddim, "ddim", _check)

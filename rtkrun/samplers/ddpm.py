@@ -10,13 +10,10 @@ term. DDPM is therefore that one code path, not a second copy of the loop.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from rtkrun.diffusion.schedules import VPSchedule
-from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, SampleResult, settings_schema
+from rtkrun.samplers.base import Callback, SampleResult
 from rtkrun.samplers.ddim import budget as ddim_budget
 from rtkrun.samplers.ddim import ddim
 from rtkrun.seeding import SampleNoise
@@ -53,11 +50,3 @@ def ddpm(
 
 
 budget = ddim_budget  # one evaluation per step, as DDIM
-
-
-def _check(cfg: Any) -> None:
-    if cfg.steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
-
-
-DDPMConfig = settings_schema(ddpm, "ddpm", _check)

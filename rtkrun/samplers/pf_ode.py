@@ -15,14 +15,12 @@ import torch
 
 from rtkrun.diffusion.grids import make_grid
 from rtkrun.diffusion.schedules import VPSchedule
-from rtkrun.errors import ConfigError
 from rtkrun.samplers.base import (
     Callback,
     CountingDenoiser,
     SampleResult,
     ddim_move,
     report,
-    settings_schema,
 )
 from rtkrun.seeding import SampleNoise
 
@@ -65,13 +63,3 @@ def budget(settings: dict[str, Any], nfe: int) -> dict[str, Any]:
     """Settings that spend ``nfe`` evaluations: Heun takes 2 per step and 1 for the last."""
     steps = max(1, (nfe + 1) // 2) if settings["solver"] == "heun" else nfe
     return {**settings, "steps": steps}
-
-
-def _check(cfg: Any) -> None:
-    if cfg.steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
-    if cfg.solver not in ("euler", "heun"):
-        raise ConfigError(f"solver={cfg.solver!r} is unknown; choose euler or heun")
-
-
-PFODEConfig = settings_schema(pf_ode, "pf_ode", _check)

@@ -19,12 +19,9 @@ import numpy as np
 import torch
 
 from rtkrun.diffusion.param import score_from_x0, x0_from_score
-from rtkrun.errors import ConfigError
 from rtkrun.samplers.base import ddim_move
 
 log = logging.getLogger("rtkrun")
-
-CURVATURE_GUESSES = ("auto", "model", "probe", "bound")
 
 
 def _sum(v: torch.Tensor) -> torch.Tensor:
@@ -358,16 +355,3 @@ def rtk_budget(s: dict[str, Any], nfe: int) -> dict[str, Any]:
         return {**s, "segment_length": None, "segments": segments, "warmup_steps": 0, "inner_steps": 0}
     warmup = min(s["warmup_steps"], steps // 2)
     return {**s, "segment_length": None, "segments": segments, "warmup_steps": warmup, "inner_steps": steps - warmup}
-
-
-def check_segments(cfg: Any) -> None:
-    """The range checks RTK-MALA and RTK-ULD share: segment and step counts, the segment
-    spacing, the curvature guess and the step-size search's acceptance target."""
-    if cfg.segments < 1 or cfg.inner_steps < 0 or cfg.warmup_steps < 0:
-        raise ConfigError("segments must be >= 1, inner_steps and warmup_steps >= 0")
-    if cfg.segment_space not in ("t", "logsnr", "angle"):
-        raise ConfigError(f"segment_space={cfg.segment_space!r} is unknown; choose t, logsnr or angle")
-    if cfg.curvature not in CURVATURE_GUESSES:
-        raise ConfigError(f"curvature={cfg.curvature!r} is unknown; choose one of {', '.join(CURVATURE_GUESSES)}")
-    if not 0 < cfg.target_accept < 1:
-        raise ConfigError(f"target_accept must be in (0, 1), got {cfg.target_accept}")

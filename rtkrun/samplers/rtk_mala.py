@@ -11,8 +11,6 @@ step uses τ = step_size / guess. ``target=dddm`` instead samples, at K levels, 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from rtkrun.diffusion.grids import make_grid
@@ -24,14 +22,12 @@ from rtkrun.samplers.base import (
     SampleResult,
     ddim_move,
     report,
-    settings_schema,
 )
 from rtkrun.samplers.rtk import (
     StepSizeSearch,
     _bcast,
     _sum,
     acceptance_probability,
-    check_segments,
     curvature_guess,
     mala_step,
     report_step,
@@ -203,18 +199,3 @@ def rtk_mala(
 
 
 budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py)
-
-
-def _check(cfg: Any) -> None:
-    check_segments(cfg)
-    if cfg.gl_nodes < 1:
-        raise ConfigError(f"gl_nodes must be >= 1, got {cfg.gl_nodes}")
-    if cfg.step_size <= 0 or (cfg.segment_length is not None and cfg.segment_length <= 0):
-        raise ConfigError(f"step_size and segment_length must be > 0, got {cfg.step_size}, {cfg.segment_length}")
-    if cfg.energy not in ("exact", "trapezoid", "gauss_legendre"):
-        raise ConfigError(f"energy={cfg.energy!r} is unknown; choose exact, trapezoid or gauss_legendre")
-    if cfg.target not in ("score", "dddm"):
-        raise ConfigError(f"target={cfg.target!r} is unknown; choose score or dddm")
-
-
-RTKMALAConfig = settings_schema(rtk_mala, "rtk_mala", _check)

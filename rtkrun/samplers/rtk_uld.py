@@ -15,16 +15,12 @@ whatever its curvature.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from rtkrun.diffusion.schedules import VPSchedule
-from rtkrun.errors import ConfigError
-from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult, settings_schema
+from rtkrun.samplers.base import Callback, CountingDenoiser, SampleResult
 from rtkrun.samplers.rtk import (
     baoab_step,
-    check_segments,
     curvature_guess,
     report_step,
     rtk_budget,
@@ -79,12 +75,3 @@ def rtk_uld(
 
 
 budget = rtk_budget  # segments and steps within the NFE budget (samplers/rtk.py)
-
-
-def _check(cfg: Any) -> None:
-    check_segments(cfg)
-    if cfg.step_size <= 0 or cfg.friction <= 0:
-        raise ConfigError(f"step_size and friction must be > 0, got {cfg.step_size}, {cfg.friction}")
-
-
-RTKULDConfig = settings_schema(rtk_uld, "rtk_uld", _check)
