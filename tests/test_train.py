@@ -149,7 +149,7 @@ def test_debug_fast_checks_every_dataset_with_its_small_model_in_seconds(dataset
     if dataset == "cifar10":
         from tests.cifar_fixture import build_cifar10_fixture
 
-        args.append(f"dataset.root={build_cifar10_fixture(tmp_path / 'data', per_batch=8)}")
+        args.append(f"dataset.root={build_cifar10_fixture(tmp_path / 'data', per_batch=4)}")  # as test_cli_cifar10
     proc = rtkrun_in_process("train", *args, "debug=fast", "hydra.run.dir=r", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
