@@ -140,7 +140,7 @@ def test_random_command_sequences_keep_every_directory_true(tmp_path_factory, mo
     run_sequence(steps, tmp_path_factory.mktemp("seq"), monkeypatch)
 
 
-@settings(max_examples=3, deadline=None, derandomize=True, phases=NO_SHRINK, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2, deadline=None, derandomize=True, phases=NO_SHRINK, suppress_health_check=list(HealthCheck))
 @given(st.lists(STEP, min_size=3, max_size=3))
 def test_random_command_sequences_keep_every_directory_true_quick(tmp_path_factory, monkeypatch, steps):
     run_sequence(steps, tmp_path_factory.mktemp("seq"), monkeypatch)

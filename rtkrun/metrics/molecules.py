@@ -101,9 +101,9 @@ def stable_molecules(numbers: np.ndarray, stable: np.ndarray) -> np.ndarray:
     return (stable | ~real).all(1) & real.any(1)
 
 
-def stability(numbers: np.ndarray, positions: np.ndarray) -> dict[str, float]:
+def stability(numbers: np.ndarray, positions: np.ndarray, orders: np.ndarray | None = None) -> dict[str, float]:
     """Atom stability (pooled over atoms) and molecule stability, as fractions."""
-    stable = stable_atoms(numbers, positions)
+    stable = stable_atoms(numbers, positions, orders)
     return {
         "atom_stability": float(stable.sum() / max((numbers > 0).sum(), 1)),
         "mol_stability": float(stable_molecules(numbers, stable).mean()),
@@ -130,9 +130,10 @@ def build_molecule(numbers: np.ndarray, positions: np.ndarray, orders: np.ndarra
     for i in real:
         mol.AddAtom(Chem.Atom(int(numbers[i])))
     slot = {int(i): k for k, i in enumerate(real)}
-    for i, j in zip(*np.triu_indices(len(numbers), 1)):
-        if orders[i, j] > 0 and i in slot and j in slot:
-            mol.AddBond(slot[int(i)], slot[int(j)], bond_type[int(orders[i, j])])
+    is_real = numbers > 0
+    bonded = np.triu(orders, 1) * (is_real[:, None] & is_real[None, :])
+    for i, j in zip(*np.nonzero(bonded)):  # row by row, i < j: the order a scan of all pairs gives
+        mol.AddBond(slot[int(i)], slot[int(j)], bond_type[int(orders[i, j])])
     conformer = Chem.Conformer(len(real))
     for k, i in enumerate(real):
         conformer.SetAtomPosition(k, [float(v) for v in positions[i]])
@@ -152,8 +153,8 @@ def canonical_smiles(mol) -> str | None:
     return Chem.MolToSmiles(largest)
 
 
-def smiles_of(numbers: np.ndarray, positions: np.ndarray) -> list[str | None]:
-    orders = bond_orders(numbers, positions)
+def smiles_of(numbers: np.ndarray, positions: np.ndarray, orders: np.ndarray | None = None) -> list[str | None]:
+    orders = bond_orders(numbers, positions) if orders is None else orders
     return [canonical_smiles(build_molecule(numbers[b], positions[b], orders[b])) for b in range(len(numbers))]
 
 
@@ -161,8 +162,9 @@ def score_molecules(
     numbers: np.ndarray, positions: np.ndarray, reference_smiles: set[str] | None = None
 ) -> dict[str, float]:
     """Stability, validity, uniqueness (over valid), V×U and novelty (over unique valid)."""
-    out = stability(numbers, positions)
-    smiles = smiles_of(numbers, positions)
+    orders = bond_orders(numbers, positions)  # once, for stability and for the SMILES
+    out = stability(numbers, positions, orders)
+    smiles = smiles_of(numbers, positions, orders)
     valid = [s for s in smiles if s is not None]
     unique = set(valid)
     n = max(len(numbers), 1)
