@@ -171,9 +171,9 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
     import torch
 
+    buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
     atomic_write_bytes(path, buf.getvalue())
 

@@ -113,9 +113,17 @@ def parse_xyz(text: str, name: str) -> Record:
     return Record(int(header[1]), elements, positions, charges, smiles[0])
 
 
+def in_index_order(table: MoleculeTable, source: str) -> MoleculeTable:
+    """The table sorted by QM9 index; an index that appears twice is an error."""
+    table = table.take(np.argsort(table.qm9_index, kind="stable"))
+    repeated = np.flatnonzero(np.diff(table.qm9_index) == 0)
+    if len(repeated):
+        raise DataError(f"{source}: QM9 index {table.qm9_index[repeated[0]]} appears twice")
+    return table
+
+
 def pack(records: list[Record], source: str) -> MoleculeTable:
     """Records (in any order) as a table sorted by QM9 index."""
-    records = sorted(records, key=lambda r: r.index)
     m = len(records)
     numbers = np.zeros((m, MAX_ATOMS), np.int8)
     positions = np.zeros((m, MAX_ATOMS, 3), np.float32)
@@ -128,9 +136,8 @@ def pack(records: list[Record], source: str) -> MoleculeTable:
         positions[i, :n] = r.positions
         charges[i, :n] = r.charges
     index = np.array([r.index for r in records], np.int32)
-    if len(np.unique(index)) != m:
-        raise DataError(f"{source}: QM9 index {index[np.argmax(np.diff(index) == 0)]} appears twice")
-    return MoleculeTable(index, numbers, positions, charges, np.array([r.smiles for r in records], dtype=str))
+    table = MoleculeTable(index, numbers, positions, charges, np.array([r.smiles for r in records], dtype=str))
+    return in_index_order(table, source)
 
 
 def read_uncharacterized(path: Path) -> set[int]:
@@ -241,13 +248,7 @@ def read_qm9pack() -> MoleculeTable:
     for path in qm9pack_files():
         with path.open(newline="") as f:
             parts.append(read_qm9pack_table(f, str(path)))
-    table = MoleculeTable(*(np.concatenate([getattr(t, k) for t in parts]) for k in FIELDS))
-    order = np.argsort(table.qm9_index, kind="stable")
-    table = table.take(order)
-    repeated = np.flatnonzero(np.diff(table.qm9_index) == 0)
-    if len(repeated):
-        raise DataError(f"qm9pack: QM9 index {table.qm9_index[repeated[0]]} appears twice")
-    return table
+    return in_index_order(MoleculeTable(*(np.concatenate([getattr(t, k) for t in parts]) for k in FIELDS)), "qm9pack")
 
 
 UNQUOTE = str.maketrans("", "", "[]'\" ")  # a qm9pack list cell ("['C','H']", "[[x,y,z],…]") to "C,H" / "x,y,z,…"
@@ -291,4 +292,4 @@ def read_qm9pack_table(stream: io.TextIOBase, name: str) -> MoleculeTable:
     positions[row, slot] = xyz.reshape(-1, 3)
     padded_charges[row, slot] = charges
     smiles = np.array([r[col["SMILES"]] for r in body], dtype=str)
-    return MoleculeTable(index, numbers, positions, padded_charges, smiles)
+    return in_index_order(MoleculeTable(index, numbers, positions, padded_charges, smiles), name)
