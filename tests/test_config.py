@@ -1,10 +1,13 @@
 """Every config composes and validates; bad configs fail with the key named."""
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from omegaconf import OmegaConf
 
-from rtkrun.config import validate
+from rtkrun import config
+from rtkrun.config import to_dict
 from rtkrun.errors import ConfigError
 from rtkrun.paths import CONF_DIR
 from tests.conftest import compose_cfg
@@ -15,6 +18,19 @@ GROUP_OPTIONS = {
     )
     for group in ("model", "schedule", "sampler", "logger", "experiment", "sweep", "trainer", "evaluation")
 }
+
+
+def validate(cfg):
+    """``config.validate``, held to OmegaConf's merge: values that already have their field's
+    type are built directly, and must give what OmegaConf's merge and ``to_object`` give (the
+    path every other value takes), field for field and type for type (``repr``: 1 is not 1.0)."""
+    run = config.validate(cfg)
+    with mock.patch.object(config, "_exactly_typed", lambda schema, node: None):
+        merged = config.validate(cfg)
+    assert repr(run) == repr(merged)
+    # and to_dict gives what OmegaConf's structured → container gave (the recorded configs)
+    assert repr(to_dict(run)) == repr(OmegaConf.to_container(OmegaConf.structured(merged)))
+    return run
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "evaluate", "diagnose", "bench"])
@@ -262,3 +278,12 @@ def test_every_implementation_registry_holds_exactly_the_schemas_validation_know
     for group, registry in (("dataset", DATASETS), ("model", MODELS), ("schedule", SCHEDULES), ("sampler", SAMPLERS)):
         assert {name: entry[0] for name, entry in registry.items()} == GROUPS[group], group
     assert tuple(NOISE) == NOISE_KINDS
+
+
+def test_values_of_another_type_are_converted_as_omegaconf_converts_them():
+    # quoted numbers are strings and 1 is an int: the direct path leaves them to OmegaConf
+    run = validate(compose_cfg("train", ["trainer.lr='0.5'", "trainer.weight_decay=1", "trainer.max_steps='7'"]))
+    assert (run.trainer.lr, run.trainer.weight_decay, run.trainer.max_steps) == (0.5, 1.0, 7)
+    assert (type(run.trainer.lr), type(run.trainer.weight_decay), type(run.trainer.max_steps)) == (float, float, int)
+    with pytest.raises(ConfigError, match="bad value for 'trainer.max_steps'"):
+        validate(compose_cfg("train", ["trainer.max_steps=true"]))

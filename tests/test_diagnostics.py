@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from rtkrun.diagnostics import hessian as hessian_module
 from rtkrun.diagnostics.convexity import bound_chain
-from rtkrun.diagnostics.hessian import b_sq_lower_bound, exact_b_sq, hutchinson_frobenius
+from rtkrun.diagnostics.hessian import b_sq_lower_bound, exact_b_sq, hutchinson_frobenius, second_directional
 from rtkrun.diagnostics.jacobian import exact_singular_values, lanczos_singular_values, power_iteration_norm
 from rtkrun.diffusion.mixture import GaussianMixture
 
@@ -77,6 +78,37 @@ def test_b_sq_exact_matches_a_loop_and_is_bracketed():
     assert ((mean - frob_sq).abs() <= 3 * se).all(), (mean, se, frob_sq)
     lower = b_sq_lower_bound(F, z, generator=gen)
     assert (lower <= b_sq * (1 + 1e-9)).all() and (lower > 0.2 * b_sq).all()
+
+
+def _loop_probes(F, z, probes, restarts, steps, seed):
+    """Hutchinson's pairs and the B_sq ascent one probe at a time, with autograd: what the
+    vmapped estimators must reproduce."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = []
+    for _ in range(probes):
+        u = torch.randint(0, 2, z.shape, generator=gen).to(z) * 2 - 1
+        v = torch.randint(0, 2, z.shape, generator=gen).to(z) * 2 - 1
+        draws.append((second_directional(F, z, u, v) ** 2).sum(1))
+    best = torch.zeros(z.shape[0], dtype=z.dtype)
+    for _ in range(restarts):
+        u = torch.randn(z.shape, generator=gen, dtype=z.dtype)
+        for _ in range(steps + 1):
+            u = (u / u.norm(dim=1, keepdim=True)).detach().requires_grad_(True)
+            value = (second_directional(F, z, u, u) ** 2).sum(1)
+            (u,) = torch.autograd.grad(value.sum(), u)
+            best = torch.maximum(best, value.detach())
+    stack = torch.stack(draws)
+    return stack.mean(0), stack.std(0) / probes**0.5, best
+
+
+@pytest.mark.parametrize("elements", [1, 1 << 16])  # one probe per call, and all in one
+def test_vmapped_probes_equal_a_loop_over_them(monkeypatch, elements):
+    monkeypatch.setattr(hessian_module, "PROBE_ELEMENTS", elements)
+    F, z = silu_mlp(5, scale=1.5), points(5, n=3)
+    mean, se, best = _loop_probes(F, z, probes=7, restarts=3, steps=4, seed=2)
+    gen = torch.Generator().manual_seed(2)
+    torch.testing.assert_close(hutchinson_frobenius(F, z, probes=7, generator=gen), (mean, se), rtol=1e-12, atol=0)
+    torch.testing.assert_close(b_sq_lower_bound(F, z, restarts=3, steps=4, generator=gen), best, rtol=1e-12, atol=0)
 
 
 def test_every_link_of_the_chain_holds():

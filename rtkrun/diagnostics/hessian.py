@@ -5,7 +5,7 @@ unbiased Hutchinson estimate of Σ_i ‖H_i‖²_F, a lower bound sup_u ‖D²F[
 from __future__ import annotations
 
 import torch
-from torch.func import hessian, jacfwd, jacrev, jvp, vmap
+from torch.func import grad_and_value, hessian, jacfwd, jacrev, jvp, vmap
 
 from rtkrun.diagnostics.jacobian import BatchMap, _bind, single
 
@@ -28,18 +28,38 @@ def second_directional(F: BatchMap, z: torch.Tensor, u: torch.Tensor, v: torch.T
     return jvp(lambda y: jvp(F, (y,), (u,))[1], (z,), (v,))[1]
 
 
+PROBE_ELEMENTS = 1 << 16  # probes of one vmapped call × the batch's elements: small problems in one call
+
+
+def _chunk(count: int, z: torch.Tensor) -> int:
+    """How many probes (or starts) one vmapped call takes: ``count`` × ``z.numel()`` ≤
+    ``PROBE_ELEMENTS``, at least one (large d: one at a time, as memory allows)."""
+    return max(1, min(count, PROBE_ELEMENTS // max(z.numel(), 1)))
+
+
 def hutchinson_frobenius(
     F: BatchMap, z: torch.Tensor, probes: int = 64, generator: torch.Generator | None = None, context: tuple = ()
 ):
     """Unbiased Σ_i ‖H_i‖²_F = E‖D²F[u, v]‖² with independent Rademacher u, v; returns
-    (mean, standard error) per sample over ``probes`` pairs (2 nested jvps each)."""
+    (mean, standard error) per sample over ``probes`` pairs (2 nested jvps each).
+
+    The probes are drawn in order (u, v per pair, as a loop would) and evaluated by ``vmap``
+    over the pairs, as many at once as keep probes × ``z.numel()`` within ``PROBE_ELEMENTS``:
+    for a small d one call does the work of the 64 the loop made, whose cost was overhead. F's
+    batch stays as it is, so a denoiser bound to its batch (a molecule's node mask) still fits."""
     z, F = z.detach(), _bind(F, context)
-    draws = []
+    pairs = []
     for _ in range(probes):
         u = torch.randint(0, 2, z.shape, generator=generator).to(z) * 2 - 1
         v = torch.randint(0, 2, z.shape, generator=generator).to(z) * 2 - 1
-        draws.append((second_directional(F, z, u, v) ** 2).flatten(1).sum(1))
-    stack = torch.stack(draws)
+        pairs.append((u, v))
+    chunk = _chunk(probes, z)
+    per_pair = vmap(lambda u, v: (second_directional(F, z, u, v) ** 2).flatten(1).sum(1))
+    draws = []
+    for start in range(0, probes, chunk):
+        us, vs = zip(*pairs[start : start + chunk])
+        draws.append(per_pair(torch.stack(us), torch.stack(vs)))
+    stack = torch.cat(draws)
     return stack.mean(0), stack.std(0) / probes**0.5
 
 
@@ -52,19 +72,24 @@ def b_sq_lower_bound(
     context: tuple = (),
 ) -> torch.Tensor:
     """max over unit u of ‖D²F[u, u]‖² ≤ Σ_i ‖H_i‖²_op = B_sq, maximised by projected ascent
-    from random starts; any u gives a valid lower bound, the ascent only tightens it."""
+    from random starts; any u gives a valid lower bound, the ascent only tightens it. The starts
+    are drawn in order and climb together (``vmap`` over them, chunked as Hutchinson's probes)."""
     z, F = z.detach(), _bind(F, context)
+
+    def value(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        per_sample = (second_directional(F, z, u, u) ** 2).flatten(1).sum(1)
+        return per_sample.sum(), per_sample  # rows are independent: the sum's gradient is each row's
+
+    ascent = vmap(grad_and_value(value, has_aux=True))
+    starts = [torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device) for _ in range(restarts)]
     best = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-    for _ in range(restarts):
-        u = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+    chunk = _chunk(restarts, z)
+    for first in range(0, restarts, chunk):
+        u = torch.stack(starts[first : first + chunk])
         for _ in range(steps + 1):
-            u = u / u.flatten(1).norm(dim=1).reshape(-1, *([1] * (u.ndim - 1)))
-            with torch.enable_grad():
-                u = u.detach().requires_grad_(True)
-                value = (second_directional(F, z, u, u) ** 2).flatten(1).sum(1)
-                (grad,) = torch.autograd.grad(value.sum(), u)
-            best = torch.maximum(best, value.detach())
-            u = grad
+            u = u / u.flatten(2).norm(dim=2).reshape(*u.shape[:2], *([1] * (u.ndim - 2)))
+            u, (_, values) = ascent(u)
+            best = torch.maximum(best, values.amax(0))
     return best
 
 
