@@ -85,9 +85,13 @@ def test_gradient_accumulation_equals_one_big_batch(runs):
 
 
 def test_torchrun_needs_a_shared_run_directory(tmp_path):
-    proc = torchrun("train", *TRAIN, cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "pass hydra.run.dir=<dir>" in proc.stderr
+    # torchrun's variables, in process: the check reads them before anything starts (a real
+    # torchrun start-up, three torch imports, would only repeat the fixture's)
+    variables = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    proc = run_cli("train", *TRAIN, cwd=tmp_path, env=variables)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "under torchrun pass hydra.run.dir=<dir>" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow  # the split itself is checked on the fixture's run by the evaluation test below
