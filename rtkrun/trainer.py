@@ -379,15 +379,14 @@ class Trainer:
             return {"train/steps": self.step, "train/final_loss": self.last_loss, **self._epoch_size()}
 
         self.model.train()
-        start_step, start_time, last_ckpt = self.step, time.time(), time.time()
+        start_step, start_time = self.step, time.time()
         main = self.place.is_main  # rank 0 alone writes files, logs and shows a bar
         bar = tqdm(
             total=tc.max_steps, initial=self.step, disable=None if main else True, desc="train", dynamic_ncols=True
         )
-        order_epoch, order = -1, None
         try:
             with StopSignals() as stop:
-                self._loop(stop, start_step, start_time, last_ckpt, bar, order_epoch, order)
+                self._loop(stop, start_step, start_time, bar)
         finally:
             bar.close()
         seconds = time.time() - start_time
@@ -403,23 +402,17 @@ class Trainer:
             "train/examples": self.examples,
         }
 
-    def _loop(self, stop: StopSignals, start_step, start_time, last_ckpt, bar, order_epoch, order) -> None:
+    def _loop(self, stop: StopSignals, start_step: int, start_time: float, bar) -> None:
         tc, main = self.cfg, self.place.is_main
-        loss_sum, loss_count = torch.zeros((), device=self.device), 0
-        last_log, warned = time.time(), False
+        interval = torch.zeros((), device=self.device), 0  # the loss summed since the last record, and steps
+        last_log = last_ckpt = time.time()
+        warned, order_epoch, order = False, -1, None
         while self.step < tc.max_steps:
             epoch, position = divmod(self.step, self.steps_per_epoch)
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(self.seed, epoch, self.examples)
-            index = order[position * self.batch_size : (position + 1) * self.batch_size]
-            if tc.fresh_data:  # new examples every step: the index only numbers the batch's rows
-                index = torch.arange(self.batch_size)
-            if tc.overfit_batches:  # the same examples, times and noise at every visit of a batch
-                index, _ = index.sort()
-                self.generator.manual_seed(stream_seed(self.seed, Stream.TRAINING_NOISE, 1 + position))
-            loss, lr = self.step_once(index, epoch)
-            loss_sum += loss.detach()
-            loss_count += 1
+            loss, lr = self.step_once(self._batch_index(order, position), epoch)
+            interval = interval[0] + loss.detach(), interval[1] + 1
             bar.update(1)
 
             now = time.time()
@@ -429,51 +422,14 @@ class Trainer:
             record_due = self.step % tc.log_every == 0 or self.step == tc.max_steps
             if record_due or self.step == start_step + 1 or now - last_log >= tc.log_seconds:
                 last_log = now
-                mean_loss = (loss_sum / loss_count).item()
-                elapsed = max(now - start_time, 1e-9)
-                rate = (self.step - start_step) / elapsed
-                eta = (tc.max_steps - self.step) / rate
+                mean_loss = (interval[0] / interval[1]).item()
+                rate = (self.step - start_step) / max(now - start_time, 1e-9)
                 if record_due:
-                    self.last_loss = mean_loss
-                    record = {
-                        "step": self.step,
-                        "loss": mean_loss,
-                        "lr": lr,
-                        "steps_per_s": rate,
-                        "samples_per_s": rate * self.batch_size,
-                        "epoch": epoch,
-                    }
-                    if hasattr(self.model, "progress"):  # e.g. the student's angle and distance to μ*
-                        record.update(self.model.progress(self.dataset))
-                    if main and tc.preview_every and self.step % tc.preview_every == 0:
-                        record.update(self._preview())
-                    if main:
-                        runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
-                        self.tracker.log(record)
-                    loss_sum, loss_count = torch.zeros((), device=self.device), 0
-                bar.set_postfix(loss=f"{mean_loss:.4g}", samples_per_s=f"{rate * self.batch_size:.0f}")
-                if bar.disable and main:
-                    log.info(
-                        "step %d/%d  loss %.5g  lr %.2e  %.2f steps/s  %.0f samples/s  elapsed %s  ETA %s",
-                        self.step,
-                        tc.max_steps,
-                        mean_loss,
-                        lr,
-                        rate,
-                        rate * self.batch_size,
-                        duration(elapsed),
-                        duration(eta),
-                    )
-                warning = None if warned or not main else too_long_warning(eta, self.device.type)
-                if warning:
-                    log.warning(warning)
-                    warned = True
-            finished_epoch, boundary = divmod(self.step, self.steps_per_epoch)
-            if main and boundary == 0 and finished_epoch in tc.snapshot_epochs:
-                # a complete checkpoint, so `ckpt=` and resume read it like last.pt
-                runs.save_checkpoint(runs.snapshot_path(self.run_dir, finished_epoch), self.state())
-            if main and tc.snapshot_every and self.step % tc.snapshot_every == 0:
-                runs.save_checkpoint(runs.step_snapshot_path(self.run_dir, self.step), self.state())
+                    self._record(mean_loss, lr, rate, epoch)
+                    interval = torch.zeros((), device=self.device), 0
+                warned = self._show_progress(bar, mean_loss, lr, rate, now - start_time, warned)
+            if main:
+                self._keep_snapshots()
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
             stopping = self._stop_requested(stop)
             if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed or stopping:
@@ -483,6 +439,71 @@ class Trainer:
             if stopping:
                 distributed.barrier()  # every rank leaves after rank 0's checkpoint is whole
                 stop.forward(self.step, self.ckpt_path)
+
+    def _batch_index(self, order: torch.Tensor, position: int) -> torch.Tensor:
+        """The examples of the step at ``position`` of its epoch (``order``: the epoch's permutation)."""
+        tc = self.cfg
+        index = order[position * self.batch_size : (position + 1) * self.batch_size]
+        if tc.fresh_data:  # new examples every step: the index only numbers the batch's rows
+            index = torch.arange(self.batch_size)
+        if tc.overfit_batches:  # the same examples, times and noise at every visit of a batch
+            index, _ = index.sort()
+            self.generator.manual_seed(stream_seed(self.seed, Stream.TRAINING_NOISE, 1 + position))
+        return index
+
+    def _record(self, mean_loss: float, lr: float, rate: float, epoch: int) -> None:
+        """The step's record: metrics.jsonl and the tracker (rank 0), with the model's own
+        progress figures and a preview when one is due."""
+        tc = self.cfg
+        self.last_loss = mean_loss
+        record = {
+            "step": self.step,
+            "loss": mean_loss,
+            "lr": lr,
+            "steps_per_s": rate,
+            "samples_per_s": rate * self.batch_size,
+            "epoch": epoch,
+        }
+        if hasattr(self.model, "progress"):  # e.g. the student's angle and distance to μ*
+            record.update(self.model.progress(self.dataset))
+        if self.place.is_main:
+            if tc.preview_every and self.step % tc.preview_every == 0:
+                record.update(self._preview())
+            runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.tracker.log(record)
+
+    def _show_progress(self, bar, mean_loss: float, lr: float, rate: float, elapsed: float, warned: bool) -> bool:
+        """The console line (the bar's postfix, or a log line where there is no bar), and once a
+        warning when the run would take too long here; returns whether it has warned."""
+        tc, main = self.cfg, self.place.is_main
+        eta = (tc.max_steps - self.step) / max(rate, 1e-12)
+        bar.set_postfix(loss=f"{mean_loss:.4g}", samples_per_s=f"{rate * self.batch_size:.0f}")
+        if bar.disable and main:
+            log.info(
+                "step %d/%d  loss %.5g  lr %.2e  %.2f steps/s  %.0f samples/s  elapsed %s  ETA %s",
+                self.step,
+                tc.max_steps,
+                mean_loss,
+                lr,
+                rate,
+                rate * self.batch_size,
+                duration(max(elapsed, 1e-9)),
+                duration(eta),
+            )
+        warning = None if warned or not main else too_long_warning(eta, self.device.type)
+        if warning:
+            log.warning(warning)
+        return warned or warning is not None
+
+    def _keep_snapshots(self) -> None:
+        """Complete checkpoints kept beside last.pt after the configured epochs (T8) and every
+        ``snapshot_every`` steps, so ``ckpt=`` and resume read them like last.pt."""
+        tc = self.cfg
+        finished_epoch, boundary = divmod(self.step, self.steps_per_epoch)
+        if boundary == 0 and finished_epoch in tc.snapshot_epochs:
+            runs.save_checkpoint(runs.snapshot_path(self.run_dir, finished_epoch), self.state())
+        if tc.snapshot_every and self.step % tc.snapshot_every == 0:
+            runs.save_checkpoint(runs.step_snapshot_path(self.run_dir, self.step), self.state())
 
     def _preview(self) -> dict[str, float]:
         """A preview of the EMA model at this step (rtkrun/preview.py), drawn and logged."""
