@@ -170,12 +170,15 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, state: dict[str, Any], *more: str | Path) -> None:
+    """``state`` serialised once and written atomically to ``path`` (and to each of ``more``, in
+    order: a snapshot and last.pt due at the same step share one serialisation)."""
     import torch
 
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    for target in (path, *more):
+        atomic_write_bytes(target, buf.getvalue())
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -256,9 +256,6 @@ class Trainer:
             "loss": self.last_loss,
         }
 
-    def save(self) -> None:
-        runs.save_checkpoint(self.ckpt_path, self.state())
-
     def saved_step(self) -> int:
         """The step of the checkpoint this run would resume from (0: none yet)."""
         return (runs.checkpoint_step(self.ckpt_path) or 0) if self.ckpt_path.exists() else 0
@@ -428,13 +425,15 @@ class Trainer:
                     self._record(mean_loss, lr, rate, epoch)
                     interval = torch.zeros((), device=self.device), 0
                 warned = self._show_progress(bar, mean_loss, lr, rate, now - start_time, warned)
-            if main:
-                self._keep_snapshots()
+            due = self._snapshot_paths() if main else []
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
             stopping = self._stop_requested(stop)
-            if self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed or stopping:
-                if main:
-                    self.save()
+            checkpoint = self.step % tc.ckpt_every == 0 or self.step == tc.max_steps or timed or stopping
+            if checkpoint and main:
+                due.append(self.ckpt_path)  # after the snapshots: last.pt is never older than one
+            if due:  # one serialisation for every file due at this step
+                runs.save_checkpoint(due[0], self.state(), *due[1:])
+            if checkpoint:
                 last_ckpt = time.time()
             if stopping:
                 distributed.barrier()  # every rank leaves after rank 0's checkpoint is whole
@@ -495,15 +494,17 @@ class Trainer:
             log.warning(warning)
         return warned or warning is not None
 
-    def _keep_snapshots(self) -> None:
-        """Complete checkpoints kept beside last.pt after the configured epochs (T8) and every
-        ``snapshot_every`` steps, so ``ckpt=`` and resume read them like last.pt."""
+    def _snapshot_paths(self) -> list[Path]:
+        """The complete checkpoints to keep beside last.pt at this step: after the configured
+        epochs (T8) and every ``snapshot_every`` steps; ``ckpt=`` and resume read them like last.pt."""
         tc = self.cfg
         finished_epoch, boundary = divmod(self.step, self.steps_per_epoch)
+        paths = []
         if boundary == 0 and finished_epoch in tc.snapshot_epochs:
-            runs.save_checkpoint(runs.snapshot_path(self.run_dir, finished_epoch), self.state())
+            paths.append(runs.snapshot_path(self.run_dir, finished_epoch))
         if tc.snapshot_every and self.step % tc.snapshot_every == 0:
-            runs.save_checkpoint(runs.step_snapshot_path(self.run_dir, self.step), self.state())
+            paths.append(runs.step_snapshot_path(self.run_dir, self.step))
+        return paths
 
     def _preview(self) -> dict[str, float]:
         """A preview of the EMA model at this step (rtkrun/preview.py), drawn and logged."""

@@ -203,6 +203,8 @@ def test_snapshot_every_keeps_numbered_checkpoints_that_sample_like_last(tmp_pat
     snapshots = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
     assert [p.name for p in snapshots] == ["step-00000010.pt", "step-00000020.pt", "step-00000030.pt"]
     assert [runs.load_checkpoint(p)["step"] for p in snapshots] == [10, 20, 30]
+    # the last snapshot and last.pt are due at the same step: one serialisation, the same bytes
+    assert snapshots[-1].read_bytes() == (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
     train(tmp_path / "short", [*common, "trainer.max_steps=20", *NO_EVAL])  # the same run, stopped at 20
     at_20, short = runs.load_checkpoint(snapshots[1]), runs.load_checkpoint(tmp_path / "short")
     assert all(torch.equal(at_20["ema"][k], short["ema"][k]) for k in short["ema"])
