@@ -401,7 +401,7 @@ class Trainer:
 
     def _loop(self, stop: StopSignals, start_step: int, start_time: float, bar) -> None:
         tc, main = self.cfg, self.place.is_main
-        interval = torch.zeros((), device=self.device), 0  # the loss summed since the last record, and steps
+        loss_sum, loss_steps = torch.zeros((), device=self.device), 0  # since the last record
         last_log = last_ckpt = time.time()
         warned, order_epoch, order = False, -1, None
         while self.step < tc.max_steps:
@@ -409,7 +409,8 @@ class Trainer:
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(self.seed, epoch, self.examples)
             loss, lr = self.step_once(self._batch_index(order, position), epoch)
-            interval = interval[0] + loss.detach(), interval[1] + 1
+            loss_sum += loss.detach()  # on the device: read once per log line, not per step
+            loss_steps += 1
             bar.update(1)
 
             now = time.time()
@@ -419,11 +420,11 @@ class Trainer:
             record_due = self.step % tc.log_every == 0 or self.step == tc.max_steps
             if record_due or self.step == start_step + 1 or now - last_log >= tc.log_seconds:
                 last_log = now
-                mean_loss = (interval[0] / interval[1]).item()
+                mean_loss = (loss_sum / loss_steps).item()
                 rate = (self.step - start_step) / max(now - start_time, 1e-9)
                 if record_due:
                     self._record(mean_loss, lr, rate, epoch)
-                    interval = torch.zeros((), device=self.device), 0
+                    loss_sum, loss_steps = torch.zeros((), device=self.device), 0
                 warned = self._show_progress(bar, mean_loss, lr, rate, now - start_time, warned)
             due = self._snapshot_paths() if main else []
             timed = time.time() - last_ckpt > 60 * tc.ckpt_minutes
